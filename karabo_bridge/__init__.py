@@ -1,0 +1,2 @@
+"""Karabo Bridge protocol (placeholder; filled by the bridge work)."""
+__version__ = "0.0.0"

@@ -1,0 +1,1 @@
+"""Simulated SPIDR board and Timepix3 hit generators."""

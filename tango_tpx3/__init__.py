@@ -1,0 +1,1 @@
+"""Tango device classes SpidrBoard, Timepix3Chip and Tpx3Pipeline."""

@@ -1,0 +1,1 @@
+"""tpx3 subcommands, one module each (see tpx3lib.cli)."""

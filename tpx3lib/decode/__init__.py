@@ -1,0 +1,1 @@
+"""Decoding the Timepix3 64-bit word stream."""

@@ -15,7 +15,7 @@ import numpy as np
 from .words import ANOMALY_INDEX
 
 __all__ = [
-    "extend_timestamp", "decode_kernel", "find_first_reference",
+    "extend_timestamp", "split_words", "decode_pixel_words", "pixel_layout_ok", "find_first_reference",
     "STATE_SIZE", "S_REF", "S_HAS_REF", "S_FOLLOW", "S_PENDING_LSB",
     "S_TDC1_RAW", "S_TDC1_EXT", "S_TDC2_RAW", "S_TDC2_EXT",
 ]
@@ -97,17 +97,16 @@ def _extend_trigger_counter(state, raw_slot, raw, anomalies):
 
 
 @nb.njit(cache=True, nogil=True)
-def decode_kernel(w, chip, orient, off_x, off_y, state,
-                  px_x, px_y, px_tot, px_chip, px_ftoa, px_toa,
-                  td_kind, td_tdc, td_rising, td_chip, td_counter, td_time,
-                  hb_chip, hb_timer,
-                  type_hist, anomalies):
-    """Decode int64-viewed words ``w`` into pixel, TDC and heartbeat columns.
+def split_words(w, chip, state, pix_words, seg_start, seg_ref,
+                td_kind, td_tdc, td_rising, td_chip, td_counter, td_time,
+                hb_chip, hb_timer, type_hist, anomalies):
+    """Pass A, in stream order: compact pixel words into ``pix_words``, decode
+    TDC edges and heartbeats, and record where the time reference changes.
 
-    ``state`` (int64[STATE_SIZE]) carries the time reference, an unpaired 0x44
-    and the trigger-counter extension across calls. ``orient``: 0 Up, 1 Left,
-    2 Down, 3 Right. Output columns must hold len(w) entries (pixels/TDCs) and
-    len(w) heartbeats. Returns (n_pixels, n_tdcs, n_heartbeats).
+    Segment j covers pixels ``seg_start[j]`` up to ``seg_start[j+1]`` and is
+    extended against ``seg_ref[j]``. The pixel-word store is unconditional
+    (only the index advances), so the common path has no branch to mispredict.
+    Returns (n_pixel_words, n_tdcs, n_heartbeats, n_segments).
     """
     ref = state[S_REF]
     follow = state[S_FOLLOW] != 0
@@ -115,42 +114,18 @@ def decode_kernel(w, chip, orient, off_x, off_y, state,
     npx = 0
     ntd = 0
     nhb = 0
+    nseg = 1
+    seg_start[0] = 0
+    seg_ref[0] = ref
     for i in range(w.shape[0]):
         v = w[i]
+        pix_words[npx] = v
+        if ((v >> 60) & 0xF) == 0xB:
+            npx += 1
+            continue
         hdr = (v >> 56) & 0xFF
         type_hist[hdr] += 1
-        top = hdr >> 4
-        if top == 0xB:
-            col = ((v >> 52) & 0xFE) | (((v >> 44) & 7) >> 2)   # 2*dcol + pix//4
-            row = ((v >> 45) & 0xFC) | ((v >> 44) & 3)          # 4*spix + (pix & 3)
-            ftoa = (v >> 16) & 0xF
-            coarse30 = ((v & 0xFFFF) << 14) | ((v >> 30) & 0x3FFF)
-            coarse48 = extend_timestamp(coarse30, 30, ref)
-            if coarse48 - ref > _STALE30 or ref - coarse48 > _STALE30:
-                anomalies[_A_STALE] += 1
-            phase = (col >> 1) & 15
-            if phase == 0:
-                phase = 16
-            if orient == 0:
-                x = col
-                y = row
-            elif orient == 1:
-                x = row
-                y = 255 - col
-            elif orient == 2:
-                x = 255 - col
-                y = 255 - row
-            else:
-                x = 255 - row
-                y = col
-            px_x[npx] = x + off_x
-            px_y[npx] = y + off_y
-            px_tot[npx] = ((v >> 20) & 0x3FF) * 25
-            px_chip[npx] = chip
-            px_ftoa[npx] = ftoa
-            px_toa[npx] = (coarse48 << 12) - (ftoa << 8) + (phase << 8)
-            npx += 1
-        elif hdr == 0x6F or hdr == 0x6A or hdr == 0x6E or hdr == 0x6B:
+        if hdr == 0x6F or hdr == 0x6A or hdr == 0x6E or hdr == 0x6B:
             tdc = 1 if (hdr == 0x6F or hdr == 0x6A) else 2
             raw = (v >> 44) & 0xFFF
             counter = _extend_trigger_counter(state, S_TDC1_RAW if tdc == 1 else S_TDC2_RAW,
@@ -186,6 +161,55 @@ def decode_kernel(w, chip, orient, off_x, off_y, state,
                     if timer < ref - _ONE_SECOND:
                         anomalies[_A_REF_BACK] += 1
                     ref = timer
+                    if seg_start[nseg - 1] == npx:
+                        seg_ref[nseg - 1] = ref
+                    else:
+                        seg_start[nseg] = npx
+                        seg_ref[nseg] = ref
+                        nseg += 1
+    type_hist[0xB0] += npx
     state[S_REF] = ref
     state[S_PENDING_LSB] = pending_lsb
-    return npx, ntd, nhb
+    return npx, ntd, nhb, nseg
+
+
+@nb.njit(cache=True, nogil=True)
+def decode_pixel_words(pix_words, ref, chip, out_words):
+    """Pass B: decode pixel words against one reference into PIXEL_DTYPE
+    records viewed as int64 pairs (x = column, y = row: orientation is applied
+    afterwards). Branch-free so LLVM vectorises it; callers pass slices so the
+    loop starts at 0 (a loop from a variable start keeps numba's negative-index
+    check and runs 5x slower). Returns the number of stale-reference hits."""
+    period = np.int64(1) << 30
+    half = period >> 1
+    base = ref & ~(period - 1)
+    stale = 0
+    chip_bits = np.int64(chip) << 48
+    for k in range(pix_words.shape[0]):
+        v = pix_words[k]
+        col = ((v >> 52) & 0xFE) | (((v >> 44) & 7) >> 2)   # 2*dcol + pix//4
+        row = ((v >> 45) & 0xFC) | ((v >> 44) & 3)          # 4*spix + (pix & 3)
+        ftoa = (v >> 16) & 0xF
+        c = base | ((v & 0xFFFF) << 14) | ((v >> 30) & 0x3FFF)
+        d = c - ref                                          # nearest period (see extend_timestamp)
+        c = c - period * (d > half) + period * (d < -half)
+        c = c + period * (c < 0)
+        d = c - ref
+        stale += (d > _STALE30) | (d < -_STALE30)
+        phase = (col >> 1) & 15
+        phase = phase + 16 * (phase == 0)
+        tot = (v >> 20) & 0x3FF
+        # x | y << 16 | tot_ns << 32 | chip << 48 | ftoa << 56 (one little-endian record)
+        out_words[2 * k] = col | (row << 16) | (((tot << 4) + (tot << 3) + tot) << 32) | chip_bits | (ftoa << 56)
+        out_words[2 * k + 1] = (c << 12) + ((phase - ftoa) << 8)
+    return stale
+
+
+def pixel_layout_ok(dtype) -> bool:
+    """True when ``dtype`` has the 16-byte little-endian layout the kernel writes."""
+    want = {"x": ("<u2", 0), "y": ("<u2", 2), "tot": ("<u2", 4), "chip": ("u1", 6), "ftoa": ("u1", 7),
+            "toa": ("<i8", 8)}
+    if dtype.itemsize != 16 or set(dtype.names) != set(want):
+        return False
+    return all(np.dtype(want[n][0]) == dtype.fields[n][0].newbyteorder("<") and dtype.fields[n][1] == want[n][1]
+               and dtype.fields[n][0].byteorder in "=<|" for n in want)

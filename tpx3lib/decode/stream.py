@@ -38,6 +38,9 @@ __all__ = ["StreamDecoder", "DecodedChunk", "DecoderState", "decode_words", "as_
 
 log = logging.getLogger(__name__)
 
+if not K.pixel_layout_ok(PIXEL_DTYPE):  # the kernel writes whole records
+    raise ImportError("PIXEL_DTYPE layout changed: update decode_kernel's record packing")
+
 ORIENTATIONS = {"up": 0, "left": 1, "down": 2, "right": 3}
 
 #: Words held while waiting for the first heartbeat before giving up on it
@@ -262,24 +265,53 @@ class StreamDecoder:
             return out
         return self._decode(words)
 
+    def _scratch(self, n: int):
+        """Per-decoder buffers for pass A, grown as needed and reused, so a
+        stream of chunks does not pay for fresh pages on every call."""
+        sc = getattr(self, "_sc", None)
+        if sc is None or sc[0].size < n:
+            cap = max(n, 1 << 16)
+            sc = (np.empty(cap, np.int64), np.empty(cap, TDC_DTYPE), np.empty(cap, HEARTBEAT_DTYPE),
+                  np.empty(cap + 1, np.int64), np.empty(cap + 1, np.int64))
+            self._sc = sc
+        return sc
+
     def _decode(self, words: np.ndarray) -> DecodedChunk:
-        n = words.size
-        px = np.empty(n, PIXEL_DTYPE)
-        td = np.empty(n, TDC_DTYPE)
-        hb = np.empty(n, HEARTBEAT_DTYPE)
-        npx, ntd, nhb = K.decode_kernel(
-            words, self.chip, self._orient, self.offset[0], self.offset[1], self._state,
-            px["x"], px["y"], px["tot"], px["chip"], px["ftoa"], px["toa"],
+        pix_words, td, hb, seg_start, seg_ref = self._scratch(words.size)
+        npx, ntd, nhb, nseg = K.split_words(
+            words, self.chip, self._state, pix_words, seg_start, seg_ref,
             td["kind"], td["tdc"], td["rising"], td["chip"], td["counter"], td["time"],
-            hb["chip"], hb["timer"],
-            self._type_hist, self._anomalies,
+            hb["chip"], hb["timer"], self._type_hist, self._anomalies,
         )
+        px = np.empty(npx, PIXEL_DTYPE)
+        out_words = px.view(np.int64)
+        bounds = np.append(seg_start[:nseg], npx)
+        stale = 0
+        for j in range(nseg):
+            a, b = int(bounds[j]), int(bounds[j + 1])
+            if b > a:
+                stale += K.decode_pixel_words(pix_words[a:b], seg_ref[j], self.chip, out_words[2 * a:2 * b])
+        self._anomalies[ANOMALY_INDEX["stale_reference"]] += stale
+        if self._orient or self.offset != (0, 0):
+            self._orient_pixels(px)
         self.pixels_out += npx
         self.tdcs_out += ntd
         self.heartbeats_out += nhb
-        # Copy out when the result is much smaller than the scratch arrays so a
-        # small result does not pin a large allocation.
-        return DecodedChunk(_trim(px, npx), _trim(td, ntd), _trim(hb, nhb))
+        return DecodedChunk(px, td[:ntd].copy(), hb[:nhb].copy())
+
+    def _orient_pixels(self, px: np.ndarray) -> None:
+        col = px["x"].astype(np.int32)
+        row = px["y"].astype(np.int32)
+        if self._orient == 1:      # Left
+            x, y = row, 255 - col
+        elif self._orient == 2:    # Down
+            x, y = 255 - col, 255 - row
+        elif self._orient == 3:    # Right
+            x, y = 255 - row, col
+        else:
+            x, y = col, row
+        px["x"] = x + self.offset[0]
+        px["y"] = y + self.offset[1]
 
     # -- reporting ---------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -301,14 +333,6 @@ class StreamDecoder:
     def type_histogram(self) -> np.ndarray:
         """Counts of decoded words by top byte (256 bins), a copy."""
         return self._type_hist.copy()
-
-
-def _trim(arr: np.ndarray, n: int) -> np.ndarray:
-    if n == arr.size:
-        return arr
-    if n * 4 < arr.size:
-        return arr[:n].copy()
-    return arr[:n]
 
 
 def decode_words(data, chip: int = 0, longtime: int | None = None, **kwargs) -> tuple[DecodedChunk, dict]:

@@ -44,6 +44,8 @@ _NAMED = {
 def word_type_counts(hist: np.ndarray) -> dict[str, int]:
     """Fold a 256-bin histogram of top bytes into named counts.
 
+    (The decoder counts all pixel words in bin 0xB0; any 0xB? bin counts as pixel.)
+
     ``pixel`` is every 0xB? word (data-driven ToA/ToT), ``pixel_counting`` every
     0xA? word (sequential/iToT modes: counted, not decoded into hits),
     ``packet_and_shutter`` every 0x5? word; everything else is ``unknown``.

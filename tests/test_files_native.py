@@ -228,7 +228,7 @@ def test_newer_major_version_is_refused(tmp_path):
 
 def test_readable_while_writing(tmp_path):
     path = tmp_path / "live.raw"
-    w = open_raw(path, "wb", header=HEADER)
+    w = open_raw(path, "wb", header=HEADER, fsync=True)
     r = open_raw(path, "rb")            # opened right after the header was written
     assert r.header["board"]["name"] == "spidr-sim" and r.poll() == []
     a = np.arange(100, dtype=np.uint64)

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 from tpx3lib.errors import FileFormatError
 
@@ -40,40 +39,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe_raw(path, chunk_words: int = 1 << 20) -> dict:
     """Read a raw file through and return its description as a dict."""
-    from tpx3lib.files import RawFileWarning, open_raw
+    from tpx3lib.files import open_raw
     from tpx3lib.files.wordstats import WordStats
 
     stats = WordStats()
     chunks = datagrams = 0
     recv_first = recv_last = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RawFileWarning)
-        with open_raw(path, "rb") as reader:
-            for c in reader.chunks():
-                chunks += 1
-                if c.datagram_sizes is not None:
-                    datagrams += len(c.datagram_sizes)
-                if c.recv_time_ns:
-                    recv_first = c.recv_time_ns if recv_first is None else recv_first
-                    recv_last = c.recv_time_ns
-                # feed in bounded slices (pymepix/tpx3 chunks are already bounded)
-                for start in range(0, len(c.words), chunk_words):
-                    stats.update(c.words[start:start + chunk_words], c.chip)
-            info = {
-                "path": os.fspath(path),
-                "kind": "raw",
-                "format": reader.format,
-                "size_bytes": os.path.getsize(path),
-                "header": reader.header,
-                "closing": reader.closing,
-                "chunks": chunks,
-                "datagrams": datagrams if reader.format == "native" else None,
-                "host_time_span_s": (recv_last - recv_first) / 1e9 if recv_first is not None else None,
-                "truncated": reader.truncated,
-                "truncated_offset": reader.truncated_offset,
-                "problems": [{"offset": e.offset, "message": str(e)} for e in reader.errors],
-                "chunks_lost": getattr(reader, "chunks_lost", None),
-            }
+    with open_raw(path, "rb", warn=False) as reader:
+        for c in reader.chunks():
+            chunks += 1
+            if c.datagram_sizes is not None:
+                datagrams += len(c.datagram_sizes)
+            if c.recv_time_ns:
+                recv_first = c.recv_time_ns if recv_first is None else recv_first
+                recv_last = c.recv_time_ns
+            # feed in bounded slices (pymepix/tpx3 chunks are already bounded)
+            for start in range(0, len(c.words), chunk_words):
+                stats.update(c.words[start:start + chunk_words], c.chip)
+        info = {
+            "path": os.fspath(path),
+            "kind": "raw",
+            "format": reader.format,
+            "size_bytes": os.path.getsize(path),
+            "header": reader.header,
+            "closing": reader.closing,
+            "chunks": chunks,
+            "datagrams": datagrams if reader.format == "native" else None,
+            "host_time_span_s": (recv_last - recv_first) / 1e9 if recv_first is not None else None,
+            "truncated": reader.truncated,
+            "truncated_offset": reader.truncated_offset,
+            "problems": [{"offset": e.offset, "message": str(e)} for e in reader.errors],
+            "chunks_lost": getattr(reader, "chunks_lost", None),
+        }
     info.update(stats.summary())
     return info
 

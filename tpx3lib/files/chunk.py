@@ -61,14 +61,16 @@ class RawReader:
     Damage is reported, not fatal: with ``strict=False`` (default) a corrupted
     chunk is skipped and recorded in ``errors`` with a warning, and a file cut
     short reads up to its last complete chunk with ``truncated`` set. With
-    ``strict=True`` the first problem raises (``TruncatedFileError`` for a cut).
+    ``strict=True`` the first problem raises (``TruncatedFileError`` for a cut);
+    ``warn=False`` only records problems in ``errors``.
     """
 
     format: str = ""
 
-    def __init__(self, path, *, strict: bool = False):
+    def __init__(self, path, *, strict: bool = False, warn: bool = True):
         self.path = os.fspath(path)
         self.strict = bool(strict)
+        self.warn = bool(warn)
         self.errors: list[FileFormatError] = []
         self.header: dict = {}
         self.truncated: bool = False
@@ -112,7 +114,8 @@ class RawReader:
         if self.strict and final:
             raise err
         self.errors.append(err)
-        warnings.warn(str(err), warning, stacklevel=4)
+        if self.warn:
+            warnings.warn(str(err), warning, stacklevel=4)
 
     def _scan(self, pos: int, final: bool) -> Iterator[RawChunk]:  # pragma: no cover - abstract
         """Yield chunks from ``pos``; set ``self._stop_state`` when done.

@@ -47,12 +47,13 @@ def detect_format(path) -> str:
 
 
 def open_raw(path, mode: str = "rb", *, header: dict | None = None, strict: bool = False,
-             format: str | None = None, fsync: bool = False, buffer_size: int = 4 << 20):
+             warn: bool = True, format: str | None = None, fsync: bool = False, buffer_size: int = 4 << 20):
     """Open a raw recording, in the spirit of :func:`open`.
 
     ``mode="rb"``: return a reader (:class:`~tpx3lib.files.chunk.RawReader`) for
     a native, pymepix or ASI/Serval .tpx3 file, detected by content (or forced
-    with ``format``). ``strict=True`` raises on damage instead of reporting it.
+    with ``format``). ``strict=True`` raises on damage instead of reporting it;
+    ``warn=False`` records damage in ``reader.errors`` without warnings.
 
     ``mode="wb"`` (replace) or ``"xb"`` (must not exist): return a
     :class:`~tpx3lib.files.native.RawWriter` for a native recording with
@@ -68,7 +69,7 @@ def open_raw(path, mode: str = "rb", *, header: dict | None = None, strict: bool
         cls = READERS.get(fmt)
         if cls is None:
             raise ValueError(f"unknown raw format {fmt!r}; choose from {', '.join(READERS)}")
-        return cls(path, strict=strict)
+        return cls(path, strict=strict, warn=warn)
     if mode in ("wb", "w", "xb", "x"):
         if format not in (None, "native"):
             raise ValueError("only the native format can be written")

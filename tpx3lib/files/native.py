@@ -332,8 +332,8 @@ class NativeReader(RawReader):
 
     format = "native"
 
-    def __init__(self, path, *, strict: bool = False):
-        super().__init__(path, strict=strict)
+    def __init__(self, path, *, strict: bool = False, warn: bool = True):
+        super().__init__(path, strict=strict, warn=warn)
         try:
             self._read_file_header()
         except BaseException:

@@ -62,8 +62,8 @@ class PymepixReader(RawReader):
 
     format = "pymepix"
 
-    def __init__(self, path, *, strict: bool = False, block_words: int | None = None):
-        super().__init__(path, strict=strict)
+    def __init__(self, path, *, strict: bool = False, warn: bool = True, block_words: int | None = None):
+        super().__init__(path, strict=strict, warn=warn)
         first = self._read_at(0, 8)
         self.stamp_ns = stamp_of(first)
         self._data_start = 8 if self.stamp_ns is not None else 0

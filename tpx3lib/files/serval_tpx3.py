@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
-import numpy as np
 
 from tpx3lib.errors import TruncatedFileError
 
@@ -30,8 +29,8 @@ class Tpx3Reader(RawReader):
 
     format = "tpx3"
 
-    def __init__(self, path, *, strict: bool = False):
-        super().__init__(path, strict=strict)
+    def __init__(self, path, *, strict: bool = False, warn: bool = True):
+        super().__init__(path, strict=strict, warn=warn)
         self.header = {"format": "tpx3"}
         self._chips: list[int] | None = None
 

@@ -1,0 +1,164 @@
+"""Benchmark of offline processing (``tpx3 process``) and of the native raw file writer/reader.
+
+A simulator-written pymepix file (``simulators.files.write_simulated_file``, default
+50 M hits) is processed to the pymepix HDF5 layout with 1 and 2 workers, with lzf
+(default) and without compression, and once with centroiding. Printed:
+
+    BENCH <name> <value> <unit> [ratio_to_<baseline> <r>]
+
+Baselines measured in the same run on the same file: reading its words
+(``open_raw(...).iter_words``) and decoding them (``StreamDecoder``, one thread), so
+the ratios say how much of the machine's read/decode speed processing keeps.
+The native raw writer is compared with ``memcpy`` of the same bytes.
+
+    python bench/bench_process.py [--hits 50000000] [--keep DIR] [--no-centroid]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tpx3lib.decode import StreamDecoder                    # noqa: E402
+from tpx3lib.files import open_raw                          # noqa: E402
+from tpx3lib.process import ProcessOptions, process_files   # noqa: E402
+
+
+def bench(name: str, value: float, unit: str, ratio: tuple[str, float] | None = None, note: str = "") -> None:
+    line = f"BENCH {name} {value:.4g} {unit}"
+    if ratio is not None:
+        line += f" ratio_to_{ratio[0]} {ratio[1]:.3g}"
+    if note:
+        line += f"  # {note}"
+    print(line, flush=True)
+
+
+class PeakRSS:
+    """Sample this process's resident memory in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_raw_writer(tmp: str, mbytes: int = 512) -> None:
+    """Native writer: one datagram per chunk and 128 per chunk, vs memcpy of the same bytes."""
+    dgram = np.random.default_rng(0).integers(0, 2**63, 1024, dtype=np.uint64)      # 8 KiB datagram
+    n = mbytes * 2**20 // dgram.nbytes
+    big = np.empty(n * dgram.size, np.uint64)
+    t0 = time.perf_counter()
+    for i in range(n):
+        big[i * dgram.size:(i + 1) * dgram.size] = dgram
+    memcpy = n * dgram.nbytes / (time.perf_counter() - t0) / 1e6
+    bench("memcpy_8k_blocks", memcpy, "MB/s")
+    path = os.path.join(tmp, "writer.raw")
+    for label, per_chunk in (("1dgram", 1), ("128dgram", 128)):
+        block = np.tile(dgram, per_chunk)
+        sizes = [dgram.nbytes] * per_chunk
+        t0 = time.perf_counter()
+        with open_raw(path, "wb", header={"chips": [{"index": 0}]}) as w:
+            for _ in range(n // per_chunk):
+                w.write_chunk(0, block, datagram_sizes=sizes)
+        dt = time.perf_counter() - t0
+        rate = (n // per_chunk) * block.nbytes / dt / 1e6
+        bench(f"raw_write_{label}_per_chunk", rate, "MB/s", ("memcpy", rate / memcpy),
+              note=f"{n / dt / 1e3:.0f} k datagrams/s")
+        t0 = time.perf_counter()
+        with open_raw(path, "rb") as r:
+            words = sum(c.words.size for c in r)
+        dt = time.perf_counter() - t0
+        bench(f"raw_read_{label}_per_chunk", words * 8 / dt / 1e6, "MB/s", ("memcpy", words * 8 / dt / 1e6 / memcpy))
+    os.remove(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hits", type=int, default=50_000_000, help="hits in the simulated file (default 50 M)")
+    p.add_argument("--keep", metavar="DIR", help="write the files here and keep them (reused if present)")
+    p.add_argument("--no-centroid", action="store_true", help="skip the centroiding run")
+    p.add_argument("--no-writer", action="store_true", help="skip the raw writer benchmark")
+    args = p.parse_args(argv)
+
+    tmp = args.keep or tempfile.mkdtemp(prefix="bench_process_")
+    os.makedirs(tmp, exist_ok=True)
+    try:
+        if not args.no_writer:
+            bench_raw_writer(tmp)
+        src = os.path.join(tmp, f"sim_{args.hits}.raw")
+        if not os.path.exists(src):
+            from simulators.files import write_simulated_file
+            t0 = time.perf_counter()
+            info = write_simulated_file(src, args.hits, fmt="pymepix", seed=1)
+            print(f"# simulated {info['n_hits']:,} hits, {info['n_bytes'] / 2**20:.0f} MiB, "
+                  f"{info['duration_s']:.1f} s of data in {time.perf_counter() - t0:.0f} s", flush=True)
+        size = os.path.getsize(src)
+
+        # baselines: read the words; decode them in one thread
+        t0 = time.perf_counter()
+        with open_raw(src) as r:
+            n_words = sum(w.size for w in r.iter_words(1 << 22))
+        read_rate = n_words / (time.perf_counter() - t0)
+        bench("process_baseline_read", read_rate / 1e6, "Mwords/s", note=f"{size / 2**20:.0f} MiB file")
+        dec = StreamDecoder()
+        t0 = time.perf_counter()
+        with open_raw(src) as r:
+            n_hits = sum(dec.feed(w).pixels.size for w in r.iter_words(1 << 22)) + dec.flush().pixels.size
+        decode_rate = n_hits / (time.perf_counter() - t0)
+        bench("process_baseline_decode", decode_rate / 1e6, "Mhits/s")
+
+        warm = os.path.join(tmp, "warm.raw")          # load every kernel before timing anything
+        np.fromfile(src, np.uint64, count=200_000).tofile(warm)
+        process_files(warm, os.path.join(tmp, "warm.h5"), ProcessOptions(centroid=True), overwrite=True)
+
+        runs = [("w1", dict(workers=1)), ("w2", dict(workers=2)),
+                ("w1_nocompress", dict(workers=1, compression="none")),
+                ("w2_nocompress", dict(workers=2, compression="none"))]
+        runs.append(("w2_window10us", dict(workers=2, event_window_s=(0.0, 10e-6))))   # few events: decode-bound
+        if not args.no_centroid:
+            runs.append(("w2_centroid", dict(workers=2, centroid=True, cluster={"method": "components"})))
+        out = os.path.join(tmp, "out.h5")
+        for name, kw in runs:
+            with PeakRSS() as mem:
+                s = process_files(src, out, ProcessOptions(**kw), overwrite=True)
+            rate = s.hits_per_second
+            bench(f"process_{name}", rate / 1e6, "Mhits/s", ("decode", rate / decode_rate),
+                  note=f"{s.pixels:,} hits, {s.events:,} events, {s.centroids:,} centroids, "
+                       f"{s.seconds:.1f} s, peak RSS {mem.peak / 2**20:.0f} MiB, "
+                       f"output {os.path.getsize(out) / 2**20:.0f} MiB")
+            if s.warnings:
+                print("# warnings: " + "; ".join(s.warnings), flush=True)
+        os.remove(out)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Simulator data-side benchmark: hit generation and simulated-file writing.
+
+Printed as ``BENCH <name> <value> <unit>  # note``:
+
+* generation rate (pixel hits and words per second of CPU, one thread) for a flat
+  hit distribution and for the default ion-imaging model (ToF bursts after 10 Hz triggers);
+* writing pymepix raw and .tpx3 files of ``--hits`` hits (MB/s of file, Mhits/s), with
+  the peak resident memory (bounded: files are made slice by slice);
+* the baseline, in the same run: memcpy of the same number of bytes (numpy copyto).
+
+    python bench/bench_generator.py [--hits 5000000] [--quick] [--dir /tmp]
+
+``--hits 50000000`` makes benchmark-sized files (about 400 MB each).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from simulators.files import write_simulated_file            # noqa: E402
+from simulators.physics import HitGenerator, PhysicsModel      # noqa: E402
+
+__all__ = ["main"]
+
+
+def bench(name: str, value: float, unit: str, note: str = "") -> None:
+    print(f"BENCH {name} {value:.6g} {unit}" + (f"  # {note}" if note else ""), flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: kB
+
+
+def generation(name: str, model: PhysicsModel, min_hits: int, slice_s: float) -> float:
+    gen = HitGenerator(model)
+    step = int(slice_s * 40_000_000)
+    gen.generate(0, 4000)                       # compile / load the kernels outside the timing
+    t, hits, words = 4000, 0, 0
+    t0 = time.perf_counter()
+    while hits < min_hits:
+        sl = gen.generate(t, t + step)
+        t += step
+        hits += sl.n_hits
+        words += sl.n_words
+    dt = time.perf_counter() - t0
+    sim_s = (t - 4000) / 40e6
+    bench(f"generate_{name}", hits / dt / 1e6, "Mhits/s",
+          f"{hits:,} hits in {dt:.2f} s for {sim_s:.2f} s of board time ({sim_s / dt:.2f}x real time), "
+          f"{words * 8 / dt / 1e6:.0f} MB/s of words")
+    return hits / dt
+
+
+def memcpy_rate(n_bytes: int) -> float:
+    src = np.ones(n_bytes // 8, np.uint64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return n_bytes / best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hits", type=int, default=5_000_000, help="hits per benchmark file (default 5 M)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
+    args = p.parse_args(argv)
+    n_file = 500_000 if args.quick else args.hits
+    n_gen = 500_000 if args.quick else 3_000_000
+
+    generation("flat_2Mcl_s", PhysicsModel(hit_rate_hz=2e6, tof_fraction=0.0, trigger_rate_hz=10), n_gen, 0.01)
+    generation("ion_imaging_1Mcl_s", PhysicsModel(hit_rate_hz=1e6), n_gen, 0.01)
+    generation("low_rate_10kcl_s", PhysicsModel(hit_rate_hz=1e4), n_gen // 10, 0.5)
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        model = PhysicsModel(hit_rate_hz=1e6)
+        for fmt, ext in (("pymepix", "raw"), ("tpx3", "tpx3")):
+            path = os.path.join(d, f"bench.{ext}")
+            t0 = time.perf_counter()
+            s = write_simulated_file(path, n_file, fmt, model=model, seed=1)
+            dt = time.perf_counter() - t0
+            mb = s["n_bytes"] / 1e6
+            bench(f"write_{fmt}", mb / dt, "MB/s",
+                  f"{s['n_hits']:,} hits, {mb:,.0f} MB in {dt:.2f} s = {s['n_hits'] / dt / 1e6:.2f} Mhits/s; "
+                  f"peak RSS {peak_rss_mb():.0f} MB")
+            base = memcpy_rate(s["n_bytes"])
+            bench(f"memcpy_same_bytes_{fmt}", base / 1e6, "MB/s",
+                  f"baseline; file writing runs at {mb / dt / (base / 1e6):.4f} of it")
+            os.remove(path)
+        t0 = time.perf_counter()
+        tp = os.path.join(d, "truth.npz")
+        s = write_simulated_file(os.path.join(d, "t.raw"), n_file // 5, model=model, seed=2, truth_path=tp)
+        dt = time.perf_counter() - t0
+        bench("write_pymepix_with_truth", s["n_hits"] / dt / 1e6, "Mhits/s",
+              f"truth {os.path.getsize(tp) / 1e6:.0f} MB (.npz)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The UDP data streamer over real loopback sockets: counted words arrive, faults do what they say."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from simulators.clock import BoardClock
+from simulators.physics import HitGenerator, PhysicsModel
+from simulators.udp_stream import DataFaults, UdpDataStreamer, check_loopback
+from tpx3lib.errors import ConfigError
+from test_sim_data_refdecoder import decode_ref
+
+
+class Receiver:
+    """Collects datagrams on an ephemeral loopback port in a thread."""
+
+    def __init__(self, port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.settimeout(0.05)
+        self.addr = self.sock.getsockname()
+        self.datagrams: list[bytes] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            with self._cond:
+                self.datagrams.append(data)
+                self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.datagrams) >= n, timeout)
+
+    def words(self) -> np.ndarray:
+        return np.frombuffer(b"".join(self.datagrams), "<u8")
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def stream(receiver_addrs, seconds, faults=None, model=None, n_chips=1, **kw):
+    gen = HitGenerator(model or PhysicsModel(hit_rate_hz=30_000, seed=3), n_chips=n_chips)
+    st = UdpDataStreamer(gen, BoardClock(), receiver_addrs, faults, collect_truth=True, **kw)
+    try:
+        st.start()
+        time.sleep(seconds)
+        st.stop()
+    finally:
+        st.close()
+    return st
+
+
+def test_datagrams_carry_exactly_the_counted_words(receiver):
+    st = stream([receiver.addr], 0.3)
+    c = st.counters[0]
+    receiver.wait_for(c.datagrams)
+    assert len(receiver.datagrams) == c.datagrams == c.generated_datagrams
+    sizes = np.array([len(d) for d in receiver.datagrams])
+    assert sizes.sum() == c.bytes == 8 * c.words == 8 * c.generated_words
+    assert np.all(sizes % 8 == 0) and sizes.max() == 8192          # jumbo frames of 1024 words
+    assert np.mean(sizes == 8192) > 0.5                               # partial ones only on flushes
+    words = receiver.words()
+    px, td, hb = decode_ref(words)
+    truth = st.truth()
+    assert len(px) == c.hits == len(truth.hits) > 20_000
+    np.testing.assert_array_equal(px["toa"], truth.hits["toa"])       # hit for hit, in order
+    np.testing.assert_array_equal(px["x"], truth.hits["x"])
+    np.testing.assert_array_equal(px["tot_ns"], truth.hits["tot"])
+    np.testing.assert_array_equal(td["time"], truth.triggers["time"])
+    assert len(td) == c.tdcs and len(hb) == c.heartbeats == len(truth.heartbeats) >= 1
+    assert np.all(truth.hits["sent"] == 1)
+    assert c.dropped_datagrams == c.duplicated_datagrams == c.send_errors == 0
+
+
+def test_dropped_and_duplicated_datagrams_are_exactly_the_chosen_ones(receiver):
+    faults = DataFaults(drop_indices=frozenset({1, 3}), duplicate_indices=frozenset({5}))
+    st = stream([receiver.addr], 0.3, faults)
+    c = st.counters[0]
+    receiver.wait_for(c.datagrams)
+    assert c.dropped_datagrams == 2 and c.duplicated_datagrams == 1
+    assert len(receiver.datagrams) == c.datagrams == c.generated_datagrams - 2 + 1
+    assert sum(len(d) for d in receiver.datagrams) == c.bytes == 8 * (c.generated_words - c.dropped_words
+                                                                        + c.duplicated_words)
+    truth = st.truth()
+    sent = truth.hits["sent"]
+    assert np.sum(sent == 0) == c.dropped_hits > 0 and np.sum(sent == 2) > 0
+    # what arrived is exactly the truth's hits, each as often as it was sent
+    px, _, _ = decode_ref(receiver.words())
+    assert len(px) == c.hits == int(sent.sum())
+    expect = np.repeat(truth.hits, sent)
+    got = np.sort(np.rec.fromarrays([px["toa"], px["x"], px["y"]]), order=None)
+    exp = np.sort(np.rec.fromarrays([expect["toa"], expect["x"].astype(np.int64), expect["y"].astype(np.int64)]))
+    np.testing.assert_array_equal(got, exp)
+
+
+def test_drop_fraction_is_counted(receiver):
+    st = stream([receiver.addr], 0.3, DataFaults(drop_fraction=0.3, seed=7),
+                model=PhysicsModel(hit_rate_hz=60_000, seed=4))
+    c = st.counters[0]
+    receiver.wait_for(c.datagrams)
+    assert len(receiver.datagrams) == c.datagrams == c.generated_datagrams - c.dropped_datagrams
+    assert 0.1 < c.dropped_datagrams / c.generated_datagrams < 0.5
+    assert len(decode_ref(receiver.words())[0]) == c.hits == c.generated_hits - c.dropped_hits
+
+
+def test_reordered_datagram_comes_after_the_next_one(receiver):
+    st = stream([receiver.addr], 0.3, DataFaults(reorder_indices=frozenset({2})))
+    c = st.counters[0]
+    receiver.wait_for(c.datagrams)
+    assert c.reordered_datagrams == 1 and len(receiver.datagrams) == c.generated_datagrams
+    d = list(receiver.datagrams)
+    d[2], d[3] = d[3], d[2]                               # undo the swap: the original stream again
+    px, _, _ = decode_ref(np.frombuffer(b"".join(d), "<u8"))
+    np.testing.assert_array_equal(px["toa"], st.truth().hits["toa"])
+
+
+def test_heartbeats_can_be_stopped_while_running(receiver):
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=10_000, heartbeat_period_s=0.02, seed=5))
+    st = UdpDataStreamer(gen, BoardClock(), [receiver.addr], collect_truth=True)
+    try:
+        st.start()
+        time.sleep(0.15)
+        st.faults = DataFaults(stop_heartbeats=True)
+        time.sleep(0.15)
+        st.stop()
+    finally:
+        st.close()
+    c = st.counters[0]
+    receiver.wait_for(c.datagrams)
+    words = receiver.words()
+    top = words >> np.uint64(56)
+    n44 = int(np.sum(top == 0x44))
+    assert n44 == c.heartbeats == len(st.truth().heartbeats) >= 3
+    assert c.suppressed_heartbeat_words >= 4 * 3               # a few heartbeats were removed
+    assert int(np.sum(top == 0x45)) == n44 and int(np.sum(top == 0x71)) == 2 * n44
+    # the last heartbeat word arrives before the last third of the data
+    assert np.flatnonzero(top == 0x44).max() < 0.75 * len(words)
+
+
+def test_one_destination_means_base_port_plus_chip():
+    for _ in range(20):                                    # find two free consecutive ports
+        a = Receiver()
+        try:
+            b = Receiver(a.addr[1] + 1)
+            break
+        except OSError:
+            a.close()
+    else:
+        pytest.skip("no two consecutive free UDP ports")
+    try:
+        st = stream([a.addr], 0.2, n_chips=2, model=PhysicsModel(hit_rate_hz=20_000, seed=6))
+        assert st.destinations == [a.addr, (a.addr[0], a.addr[1] + 1)]
+        for chip, r in enumerate((a, b)):
+            c = st.counters[chip]
+            r.wait_for(c.datagrams)
+            px, _, _ = decode_ref(r.words())
+            np.testing.assert_array_equal(px["toa"], st.truth().for_chip(chip).hits["toa"])
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("host", ["10.1.2.3", "192.0.2.1", "8.8.8.8", "0.0.0.0", "::"])
+def test_non_loopback_destinations_are_refused(host):
+    with pytest.raises(ConfigError, match="loopback"):
+        check_loopback(host, 8192)
+    with pytest.raises(ConfigError):
+        UdpDataStreamer(HitGenerator(), BoardClock(), [(host, 8192)])
+
+
+def test_loopback_names_are_accepted():
+    assert check_loopback("127.0.0.1", 9)[1] == ("127.0.0.1", 9)
+    assert check_loopback("localhost", 9)[1][0] in ("127.0.0.1", "::1")
+    assert check_loopback("127.5.6.7", 9)[1][0] == "127.5.6.7"
+
+
+def test_restart_accumulates_and_clock_reset_is_followed(receiver):
+    clock = BoardClock()
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=20_000, seed=8))
+    st = UdpDataStreamer(gen, clock, [receiver.addr], collect_truth=True)
+    try:
+        st.start()
+        time.sleep(0.1)
+        st.stop()
+        first = st.counters[0].hits
+        clock.reset()                                      # RESET_TIMER between runs
+        st.start()
+        time.sleep(0.1)
+        st.stop()
+    finally:
+        st.close()
+    c = st.counters[0]
+    assert c.hits > first > 0
+    receiver.wait_for(c.datagrams)
+    assert len(receiver.datagrams) == c.datagrams
+    hb = st.truth().heartbeats["timer"]
+    assert hb[0] > 0 and hb[-1] < hb[0]                    # the second run restarted at the reset timer

@@ -1,0 +1,3 @@
+"""Command line tools: karabo-bridge-glimpse, -monitor, -server-sim."""
+
+__all__: list = []

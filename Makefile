@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # numba's on-disk kernel cache, kept inside the tree so every entry point shares it.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: all venv install test demo bench clean
+.PHONY: all venv install test test-tango demo bench clean
 
 all: test
 
@@ -22,6 +22,10 @@ venv install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Tango device tests through a real database + Tpx3Server + simulator (see pyproject addopts).
+test-tango: $(STAMP)
+	$(PY) -m pytest -q -o addopts="-ra" tests/test_tango_devices.py
 
 demo: $(STAMP)
 	$(PY) -m tpx3lib.demo

@@ -1,0 +1,307 @@
+"""PROVISIONAL pipeline behind Tpx3Pipeline, until tpx3lib's live pipeline exists.
+
+It implements :class:`tango_tpx3.pipeline_iface.Pipeline` with the simplest real thing
+available: it opens the board's shutter for the acquisition time (per frame) through the
+shared controller and reports what the *board* counts - pixel packets, UDP packets and
+triggers it sent, shutters it opened. It receives and decodes nothing: HitMap and
+TofHistogram stay zero, no Karabo Bridge publishing, no recording (StartRecording is
+refused with a message saying so). Its ``status_note`` puts this in the device's Status.
+
+Replace by an adapter around the live pipeline (capture -> decode -> events -> clusters ->
+Karabo Bridge/HDF5) in :func:`make_pipeline`; the device does not change.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from tpx3lib.errors import ConfigError
+
+from tango_tpx3.common import ensure_omni_thread, parse_address
+from tango_tpx3.pipeline_iface import (
+    OUTPUT_PRODUCTS, TRAIN_ID_SOURCES, AcquisitionSettings, Listener, PipelineState, empty_statistics,
+)
+
+__all__ = ["BoardCounterPipeline", "make_pipeline", "BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between counter reads while acquiring (statistics and events follow it).
+UPDATE_INTERVAL = 0.25
+
+
+def validate_settings(settings: AcquisitionSettings) -> None:
+    """Checks every pipeline must make; ConfigError names the setting."""
+    if settings.acquisition_time < 0:
+        raise ConfigError(f"AcquisitionTime must be >= 0 s, got {settings.acquisition_time}")
+    if settings.frame_count < 1:
+        raise ConfigError(f"FrameCount must be >= 1, got {settings.frame_count}")
+    if not settings.output_products:
+        raise ConfigError("no output product selected: enable OutputPixels, OutputEvents or OutputCentroids")
+    unknown = set(settings.output_products) - set(OUTPUT_PRODUCTS)
+    if unknown:
+        raise ConfigError(f"unknown output products {sorted(unknown)}; choose from {OUTPUT_PRODUCTS}")
+    start, end = settings.event_window
+    if not end > start:
+        raise ConfigError(f"the event window must end after it starts: EventWindowStart {start} s, "
+                          f"EventWindowEnd {end} s")
+    if settings.train_id_source not in TRAIN_ID_SOURCES:
+        raise ConfigError(f"train ID source must be one of {TRAIN_ID_SOURCES}, got {settings.train_id_source!r}")
+    if settings.timewalk_table and not os.path.isfile(settings.timewalk_table):
+        raise ConfigError(f"timewalk table {settings.timewalk_table!r} does not exist")
+    if settings.tof_bins < 1:
+        raise ConfigError(f"TofBins must be >= 1, got {settings.tof_bins}")
+
+
+class BoardCounterPipeline:
+    """Shutter control and board counters through a :class:`tango_tpx3.board_link.BoardLink`."""
+
+    backend_name = "board-counters (provisional)"
+    status_note = ("Provisional pipeline: opens the shutter and reports the board's own counters; "
+                   "no data are received or decoded (HitMap/TofHistogram stay 0), nothing is published or recorded.")
+
+    def __init__(self, link):
+        self._link = link
+        self._lock = threading.RLock()
+        self._state = PipelineState.IDLE
+        self._fault_reason = ""
+        self._listener: Listener | None = None
+        self._settings = AcquisitionSettings()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stats = empty_statistics()
+        self._hit_map = np.zeros((256, 256), np.uint32)
+        self._tof = np.zeros(self._settings.tof_bins, np.uint32)
+
+    # ---------------------------------------------------------------- Pipeline protocol
+    @property
+    def state(self) -> PipelineState:
+        return self._state
+
+    @property
+    def fault_reason(self) -> str:
+        return self._fault_reason
+
+    @property
+    def recording(self) -> bool:
+        return False
+
+    @property
+    def recording_path(self) -> str:
+        return ""
+
+    def set_listener(self, listener: Listener | None) -> None:
+        self._listener = listener
+
+    def _emit(self, kind: str, value) -> None:
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener(kind, value)
+            except Exception:  # noqa: BLE001
+                log.exception("pipeline listener failed")
+
+    def _set_state(self, state: PipelineState, reason: str = "") -> None:
+        with self._lock:
+            self._state = state
+            self._fault_reason = reason
+        self._emit("state", state)
+
+    def prepare(self, settings: AcquisitionSettings) -> None:
+        validate_settings(settings)
+        with self._lock:
+            if self._state is PipelineState.RUNNING:
+                raise ConfigError("cannot prepare while acquiring")
+            self._settings = settings
+            if self._state is PipelineState.FAULT:
+                self._set_state(PipelineState.IDLE)
+
+    def start(self) -> None:
+        """Open the shutter (first frame) before returning; the rest runs in a thread."""
+        with self._lock:
+            if self._state is PipelineState.RUNNING:
+                raise ConfigError("already acquiring")
+            if self._state is PipelineState.FAULT:
+                raise ConfigError(f"the pipeline failed ({self._fault_reason}); Prepare or Init first")
+            settings = self._settings
+            chips = settings.chips or (0,)
+            self._link.call(self._readout_on, settings, chips)
+            counters = self._link.call(self._counters, chips)
+            deadline = self._open_frame(settings)
+            self._stop.clear()
+            self._hit_map = np.zeros((256, 256), np.uint32)
+            self._tof = np.zeros(settings.tof_bins, np.uint32)
+            self._stats["frames_completed"] = 0
+            self._state = PipelineState.RUNNING
+            self._fault_reason = ""
+            self._thread = threading.Thread(target=ensure_omni_thread(self._run),
+                                            args=(settings, chips, counters, deadline),
+                                            name="provisional-pipeline", daemon=True)
+            self._thread.start()
+        self._emit("state", PipelineState.RUNNING)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def abort(self) -> None:
+        self._stop.set()
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._state is PipelineState.FAULT:
+                self._set_state(PipelineState.IDLE)
+
+    def statistics(self) -> dict:
+        with self._lock:
+            return dict(self._stats)
+
+    def hit_map(self) -> np.ndarray:
+        return self._hit_map
+
+    def tof_histogram(self) -> np.ndarray:
+        return self._tof
+
+    def start_recording(self, path: str) -> str:
+        raise ConfigError("the provisional pipeline cannot record: recording arrives with the live pipeline")
+
+    def stop_recording(self) -> None:
+        return None
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            frames = self._stats.get("frames_completed", 0)
+            self._stats = empty_statistics()
+            self._stats["frames_completed"] = frames
+            self._hit_map = np.zeros_like(self._hit_map)
+            self._tof = np.zeros_like(self._tof)
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=5)
+
+    # ---------------------------------------------------------------- the acquisition
+    def _counters(self, board, chips) -> dict[str, int]:
+        return {
+            "pixels": sum(board[c].pixel_packet_counter for c in chips if c < len(board)),
+            "udp": board.udp_packet_counter,
+            "triggers": board.tdc_trigger_counter,
+        }
+
+    def _update(self, now: dict, last: dict, dt: float) -> None:
+        def delta(key, a, b):
+            return (b[key] - a[key]) & 0xFFFFFFFF  # 32-bit registers wrap
+        with self._lock:
+            s = self._stats
+            s["hits_total"] += delta("pixels", last, now)
+            s["packets_received"] += delta("udp", last, now)
+            s["triggers_total"] += delta("triggers", last, now)
+            if dt > 0:
+                s["hit_rate"] = delta("pixels", last, now) / dt
+                s["trigger_rate"] = delta("triggers", last, now) / dt
+
+    def _train_id(self, settings: AcquisitionSettings, frame: int, triggers: int) -> int:
+        if settings.train_id_source == "internal":
+            return settings.train_id_start + frame
+        if settings.train_id_source == "trigger":
+            return settings.train_id_start + triggers
+        return 0
+
+    @staticmethod
+    def _readout_on(board, settings: AcquisitionSettings, chips) -> None:
+        """Point the chips' UDP data at DataDestination (if set), decoders and data-driven readout on."""
+        with board.controller.lock:
+            if settings.data_destination:
+                host, port = parse_address(settings.data_destination)
+                for c in chips:
+                    board[c].set_destination(host, port + c)
+            board.enable_decoders(True)
+            board.datadriven_readout()
+
+    def _open_frame(self, settings: AcquisitionSettings) -> float | None:
+        """Open the shutter for one frame; returns when it should close (None: until stopped)."""
+        from tpx3lib.spidr import ShutterMode, TriggerConfig
+
+        if settings.acquisition_time == 0:
+            self._link.call(lambda b: b.open_shutter())
+            return None
+        length_us = max(1, round(settings.acquisition_time * 1e6))
+        config = TriggerConfig(ShutterMode.AUTO, length_us, max(1, int(0.5 / settings.acquisition_time)), 1)
+
+        def open_timed(b):
+            with b.controller.lock:
+                b.trigger_config = config
+                b.start_autotrigger()
+        self._link.call(open_timed)
+        return time.monotonic() + settings.acquisition_time
+
+    def _run(self, settings: AcquisitionSettings, chips, last: dict, deadline: float | None) -> None:
+        link = self._link
+        opened = True
+        last_t = time.monotonic()
+        try:
+            frames = 1 if settings.acquisition_time == 0 else settings.frame_count
+            for frame in range(frames):
+                if frame > 0:
+                    if self._stop.is_set():
+                        break
+                    deadline = self._open_frame(settings)
+                    opened = True
+                while True:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    wait = UPDATE_INTERVAL if remaining is None else min(UPDATE_INTERVAL, remaining)
+                    if self._stop.wait(wait):
+                        break
+                    now = link.call(self._counters, chips)
+                    t = time.monotonic()
+                    self._update(now, last, t - last_t)
+                    last, last_t = now, t
+                link.call(lambda b: b.stop_autotrigger())
+                opened = False
+                now = link.call(self._counters, chips)
+                t = time.monotonic()
+                self._update(now, last, t - last_t)
+                last, last_t = now, t
+                if self._stop.is_set() and settings.acquisition_time != 0:
+                    break      # a timed frame cut short is not a completed frame
+                with self._lock:
+                    self._stats["frames_completed"] = frame + 1
+                    self._stats["trains_published"] += 1
+                    self._stats["current_train_id"] = self._train_id(
+                        settings, frame, self._stats["triggers_total"])
+                    train_id = self._stats["current_train_id"]
+                self._emit("train", train_id)
+            with self._lock:
+                for key in ("hit_rate", "trigger_rate", "centroid_rate", "data_rate"):
+                    self._stats[key] = 0.0
+            self._set_state(PipelineState.IDLE)
+        except Exception as exc:  # noqa: BLE001 - a dying stage is a FAULT with its reason
+            log.error("provisional pipeline failed: %s", exc)
+            if opened:
+                try:
+                    link.call(lambda b: b.stop_autotrigger())
+                except Exception:  # noqa: BLE001 - the board is probably gone; the reason is already known
+                    pass
+            self._set_state(PipelineState.FAULT, str(exc))
+
+
+#: PipelineBackend property value -> factory(link) -> Pipeline
+BACKENDS = {
+    "board-counters": BoardCounterPipeline,
+}
+
+
+def make_pipeline(backend: str, link):
+    """The pipeline named by the device's PipelineBackend property."""
+    key = (backend or "board-counters").strip().lower()
+    factory = BACKENDS.get(key)
+    if factory is None:
+        raise ConfigError(f"unknown PipelineBackend {backend!r}; available: {', '.join(BACKENDS)}")
+    return factory(link)

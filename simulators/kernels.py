@@ -6,6 +6,8 @@
 * :func:`expand_clusters`: charge cloud -> fired pixels with ToT and timewalk.
 * :func:`assemble_stream`: merge time-sorted hits with trigger/heartbeat words and apply
   the FIFO disorder, giving the word stream and the stream order of the hits.
+* :func:`finish_stream`: pixel fields, sort, encode and assemble one chip's slice;
+  :func:`fill_hit_truth`: the hits' truth records in stream order.
 
 Formulas are documented in docs/simulator-physics.md and in :class:`simulators.physics.PhysicsModel`.
 """
@@ -36,7 +38,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 #: Box positions per cluster reserved in the counter space (a 17 x 17 box, radius <= 8); each
-#: position draws one normal pair (charge noise, time jitter) from uniforms 2*ctr and 2*ctr+1.
+#: position ctr draws its charge noise from uniform 2*ctr and its time jitter from 2*ctr+1.
 _BOX_STRIDE = 17
 _CTR_PER_CLUSTER = _BOX_STRIDE * _BOX_STRIDE
 UNITS_PER_NS = 4096.0 / 25.0
@@ -89,13 +91,6 @@ def _ndtri(p):
             / (((((_B0 * r + _B1) * r + _B2) * r + _B3) * r + _B4) * r + 1.0))
 
 
-@njit(cache=True, inline="always")
-def _normal2(key, ctr):
-    """Two independent standard normals from counters 2*ctr and 2*ctr+1 (inverse CDF)."""
-    return (_ndtri(_uniform(key, np.uint64(2) * ctr)),
-            _ndtri(_uniform(key, np.uint64(2) * ctr + np.uint64(1))))
-
-
 def ndtri_np(p):
     """numpy twin of the kernel's inverse normal CDF."""
     p = np.asarray(p, np.float64)
@@ -124,7 +119,8 @@ def rng_uniform_np(key, ctr):
 
 
 def rng_normal2_np(key, ctr):
-    """numpy twin of the kernel's normal pair (key, ctr)."""
+    """The two normals the kernel draws for counter ``ctr``: ndtri(uniform(2*ctr)) (charge noise)
+    and ndtri(uniform(2*ctr + 1)) (time jitter)."""
     ctr = np.asarray(ctr, dtype=np.uint64)
     return (ndtri_np(rng_uniform_np(key, np.uint64(2) * ctr)),
             ndtri_np(rng_uniform_np(key, np.uint64(2) * ctr + np.uint64(1))))
@@ -364,7 +360,8 @@ def assemble_stream(hit_keys, hit_words, anc_keys, anc_wstart, anc_wcount, anc_w
     """Merge time-sorted hits with anchors (TDC and heartbeat groups) and apply FIFO disorder.
 
     ``hit_keys`` (sorted) and ``anc_keys`` (sorted) are stream-order keys in 25/4096 ns.
-    Anchors keep their order; at equal keys a hit goes first. A hit with ``delay[i] = u >= 0``
+    Anchors keep their order; at equal keys the anchor goes first (a heartbeat at the start of a
+    stream is its first word). A hit with ``delay[i] = u >= 0``
     (u in [0, 1); -1 = not delayed) moves k = 1 + floor(u * span) items later in the stream,
     where span is the number of following items within ``window`` of its key, at most ``depth``
     (the FIFO delay is bounded in words and in time).
@@ -379,7 +376,7 @@ def assemble_stream(hit_keys, hit_words, anc_keys, anc_wstart, anc_wcount, anc_w
     ih = 0
     ia = 0
     for m in range(n):
-        if ia >= na or (ih < nh and hit_keys[ih] <= anc_keys[ia]):
+        if ia >= na or (ih < nh and hit_keys[ih] < anc_keys[ia]):
             item_key[m] = hit_keys[ih]
             item_ref[m] = ih
             ih += 1
@@ -458,8 +455,8 @@ def assemble_stream_np(hit_keys, hit_words, anc_keys, anc_wstart, anc_wcount, an
     anc_keys = np.asarray(anc_keys, np.int64)
     nh, na = len(hit_keys), len(anc_keys)
     n = nh + na
-    # merged item order: hits before anchors at equal keys
-    pos_anchor = np.searchsorted(hit_keys, anc_keys, side="right") + np.arange(na)
+    # merged item order: anchors before hits at equal keys
+    pos_anchor = np.searchsorted(hit_keys, anc_keys, side="left") + np.arange(na)
     is_anchor = np.zeros(n, bool)
     is_anchor[pos_anchor] = True
     item_ref = np.empty(n, np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -93,6 +94,8 @@ class PhysicsModel:
     tdc_latency_s: float = 0.5e-6         #: TDC words enter the stream this late (hits near a trigger
                                           #: can come before its word)
     tdc_chips: tuple[int, ...] | None = None  #: chips whose TDC input is cabled (None = all)
+    injected_trigger_rate_hz: float = 10.0  #: expected rate of HitGenerator.inject_trigger calls when
+                                            #: trigger_rate_hz is 0 (sets the ToF clusters per trigger)
     tdc2_rate_hz: float = 0.0             #: TDC2 rising edges per second (Poisson)
     tdc2_width_s: float = 5e-6
     # --- charge cloud
@@ -274,10 +277,13 @@ class HitGenerator:
             raise ConfigError("need at least one chip")
         self._rng = np.random.default_rng(self.model.seed)
         self._derived: dict[int, _ChipDerived] = {}
-        self._static: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._static: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._counters = {1: 0, 2: 0}       # extended TDC counters (edges so far) per input
         self._next_cluster_id = 0
         self._expected_start: int | None = None
+        self._injected: list[int] = []          # external trigger times (units), see inject_trigger
+        self._inject_lock = threading.Lock()
+        self._injecting = False
         self.reset_counters()
 
     # ------------------------------------------------------------ state
@@ -308,21 +314,32 @@ class HitGenerator:
         return {"t": np.empty(0, np.int64), "x": np.empty(0), "y": np.empty(0), "q": np.empty(0),
                 "s": np.empty(0), "peak": np.empty(0, np.int16), "trig": np.empty(0, np.int64)}
 
+    def inject_trigger(self, t_ticks: int) -> None:
+        """Add an external TDC1 trigger (rising edge at ``t_ticks``, falling ``trigger_width_s``
+        later), e.g. a train start from a timing system; it gets its counter and ToF clusters like
+        a periodic one (set ``trigger_rate_hz=0`` to have only these). Thread-safe. Inject in time
+        order and ahead of the generated time: a trigger already in the past is still sent, in the
+        next slice, with its (past) time."""
+        with self._inject_lock:
+            self._injected.append(int(t_ticks) * UNITS_PER_TICK)
+            self._injecting = True
+
     def chip_state(self, chip: int) -> ChipState:
         return self._get_state(chip)
 
     # ------------------------------------------------------------ derived per-chip arrays
     def _chip_static(self, chip: int):
         """Fixed per-chip randomness: threshold dispersion and hot pixels (seeded by model seed + chip)."""
-        st = self._static.get(chip)
+        m = self.model
+        key = (chip, m.seed, m.threshold_dispersion_e, m.hot_pixel_fraction, m.hot_pixel_offset_e)
+        st = self._static.get(key)
         if st is None:
-            m = self.model
             r = np.random.default_rng([m.seed, chip, 7])
             disp = r.normal(0.0, m.threshold_dispersion_e, 65536)
             hot = r.random(65536) < m.hot_pixel_fraction
             disp[hot] += m.hot_pixel_offset_e
             st = (disp, hot)
-            self._static[chip] = st
+            self._static[key] = st
         return st
 
     def derived(self, chip: int) -> _ChipDerived:
@@ -331,7 +348,9 @@ class HitGenerator:
         cs = self.chip_state(chip)
         key = (cs.threshold_dac(), hash(np.asarray(cs.mask, bool).tobytes()), cs.polarity, cs.bias_enabled,
                float(cs.bias_voltage), m.noise_e, m.threshold_baseline_dac, m.electrons_per_dac,
-               m.noise_f0_hz, m.max_pixel_rate_hz, m.max_noise_rate_hz)
+               m.noise_f0_hz, m.max_pixel_rate_hz, m.max_noise_rate_hz, m.seed, m.threshold_dispersion_e,
+               m.hot_pixel_fraction, m.hot_pixel_offset_e, m.sensor_polarity, m.full_depletion_v,
+               m.nominal_bias_v)
         d = self._derived.get(chip)
         if d is not None and d.key == key:
             return d
@@ -400,6 +419,12 @@ class HitGenerator:
                 new.append((t + width2, E.TDC2_FALLING, 2))
                 # the next rising edge comes after this falling edge
                 self._next_tdc2 = t + width2 + self._exp_units(m.tdc2_rate_hz)
+        with self._inject_lock:
+            injected, self._injected = self._injected, []
+        width = int(round(m.trigger_width_s * UNITS_PER_SECOND))
+        for t in injected:
+            new.append((t, E.TDC1_RISING, 1))
+            new.append((t + width, E.TDC1_FALLING, 1))
         new.sort()
         for t, kind, tdc in new:
             self._counters[tdc] += 1
@@ -413,11 +438,16 @@ class HitGenerator:
         self._edges.sort()
         self._scheduled_until = until_units
 
+    def _triggered(self) -> bool:
+        """True when clusters are shared between ToF peaks and the flat background."""
+        return bool(self.model.tof_peaks) and (self.model.trigger_rate_hz > 0 or self._injecting)
+
     def _add_tof_clusters(self, t_trig: int, counter: int) -> None:
         m = self.model
-        if m.trigger_rate_hz <= 0 or not m.tof_peaks or m.tof_fraction <= 0:
+        if not self._triggered() or m.tof_fraction <= 0:
             return
-        per_trigger = m.hit_rate_hz * m.tof_fraction / m.trigger_rate_hz
+        rate = m.trigger_rate_hz if m.trigger_rate_hz > 0 else m.injected_trigger_rate_hz
+        per_trigger = m.hit_rate_hz * m.tof_fraction / rate
         weights = np.array([p.weight for p in m.tof_peaks], float)
         weights = weights / weights.sum()
         for chip in range(self.n_chips):
@@ -527,7 +557,7 @@ class HitGenerator:
         dt_s = (B - A) / UNITS_PER_SECOND
         # ---- particles: triggered clusters that arrive now + flat background
         trig = self._pool_take(chip, B)
-        bg_rate = m.hit_rate_hz * (1.0 - m.tof_fraction if (m.trigger_rate_hz > 0 and m.tof_peaks) else 1.0)
+        bg_rate = m.hit_rate_hz * (1.0 - m.tof_fraction if self._triggered() else 1.0)
         nbg = int(rng.poisson(bg_rate * dt_s)) if bg_rate > 0 else 0
         q, s = self._draw_charge(nbg)
         ntr = len(trig["t"])

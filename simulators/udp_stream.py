@@ -5,7 +5,9 @@ A sending thread wakes every ``tick_s``, generates the board time that has passe
 chip's words into datagrams of ``datagram_words`` 64-bit little-endian words (jumbo frames; no
 header, as the SPIDR sends them) and sends them. A partly filled datagram waits at most
 ``flush_s`` before it goes out. ``stop()`` generates up to the moment of stopping, sends
-everything and joins the thread.
+everything and joins the thread. If generation falls more than ``max_lag_s`` behind the clock
+(rates beyond what the machine can generate), board time is skipped without data; the
+``skipped_s`` and ``worst_lag_s`` attributes say how much.
 
 Faults (:class:`DataFaults`) are applied per datagram and can be changed while running. Every
 datagram is counted: generated = sent - duplicated + dropped, per chip (:class:`ChipCounters`).
@@ -240,24 +242,17 @@ class UdpDataStreamer:
     def __init__(self, generator: HitGenerator, clock: BoardClock, destinations: list[tuple[str, int]],
                  faults: DataFaults | None = None, *, datagram_words: int = DEFAULT_DATAGRAM_WORDS,
                  tick_s: float = 0.002, flush_s: float = 0.01, max_slice_s: float = 0.01,
-                 collect_truth: bool = False):
+                 max_lag_s: float = 1.0, collect_truth: bool = False):
         if not 1 <= datagram_words <= 8191:
             raise ConfigError("datagram_words must be in 1..8191 (UDP payload < 64 kB)")
         self.generator = generator
         self.clock = clock
-        n = generator.n_chips
-        dests = list(destinations)
-        if len(dests) == 1 and n > 1:
-            host, port = dests[0]
-            dests = [(host, int(port) + i) for i in range(n)]
-        if len(dests) != n:
-            raise ConfigError(f"{len(dests)} destinations for {n} chips")
-        self.destinations = [(h, int(p)) for h, p in dests]
-        resolved = [check_loopback(h, p) for h, p in self.destinations]
+        self.destinations, resolved = self._resolve(destinations, generator.n_chips)
         self.datagram_words = int(datagram_words)
         self.tick_s = float(tick_s)
         self.flush_s = float(flush_s)
         self.max_slice_ticks = max(1, int(max_slice_s * TICKS_PER_SECOND))
+        self.max_lag_ticks = max(1, int(max_lag_s * TICKS_PER_SECOND))
         self.collect_truth = bool(collect_truth)
         self._faults = faults
         self._rng = np.random.default_rng(faults.seed if faults else 0)
@@ -268,9 +263,32 @@ class UdpDataStreamer:
         self._thread: threading.Thread | None = None
         self._last: int | None = None
         self._truth_parts: list[Truth] = []
-        self.max_lag_s = 0.0                   # how far generation fell behind real time
+        self.worst_lag_s = 0.0                 # how far generation fell behind real time
+        self.skipped_s = 0.0                   # board time skipped (no data) to catch up, see _step
         self.slices = 0
         self.error: BaseException | None = None
+
+    @staticmethod
+    def _resolve(destinations, n):
+        dests = list(destinations)
+        if len(dests) == 1 and n > 1:
+            host, port = dests[0]
+            dests = [(host, int(port) + i) for i in range(n)]
+        if len(dests) != n:
+            raise ConfigError(f"{len(dests)} destinations for {n} chips")
+        dests = [(h, int(p)) for h, p in dests]
+        return dests, [check_loopback(h, p) for h, p in dests]
+
+    def set_destinations(self, destinations: list[tuple[str, int]]) -> None:
+        """Send to other (loopback) ports from now on, e.g. after SET_SERVERPORT / SET_IPADDR_DEST."""
+        dests, resolved = self._resolve(destinations, self.generator.n_chips)
+        with self._lock:
+            for sender, (family, addr) in zip(self._senders, resolved):
+                if sender.sock.family != family:
+                    sender.sock.close()
+                    sender.sock = socket.socket(family, socket.SOCK_DGRAM)
+                sender.addr = addr
+            self.destinations = dests
 
     # ------------------------------------------------------------ control
     @property
@@ -391,13 +409,22 @@ class UdpDataStreamer:
         if now < self._last or now - self._last > 60 * TICKS_PER_SECOND:
             # the timer was reset or set: continue from the new value (nothing to generate for the jump)
             self._last = now
+        elif now - self._last > self.max_lag_ticks:
+            # Generation cannot keep up with real time. Rather than drift ever further behind the
+            # board timer (data older than GET_TIMER by > 2^28 ticks would be mis-extended), skip
+            # board time with no data, counted and logged.
+            skip = now - self._last - self.max_lag_ticks // 2
+            self.skipped_s += skip / TICKS_PER_SECOND
+            log.warning("generation %.2f s behind real time: skipping %.2f s of board time",
+                        (now - self._last) / TICKS_PER_SECOND, skip / TICKS_PER_SECOND)
+            self._last += skip
         while self._last < now:
             end = min(now, self._last + self.max_slice_ticks)
             sl = self.generator.generate(self._last, end)
             self._last = end
             self.slices += 1
             self._release(sl)
-        self.max_lag_s = max(self.max_lag_s, (self.clock.now_ticks() - now) / TICKS_PER_SECOND)
+        self.worst_lag_s = max(self.worst_lag_s, (self.clock.now_ticks() - now) / TICKS_PER_SECOND)
         t = time.monotonic()
         faults = self._faults
         with self._lock:

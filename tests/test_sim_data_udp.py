@@ -219,3 +219,54 @@ def test_restart_accumulates_and_clock_reset_is_followed(receiver):
     assert len(receiver.datagrams) == c.datagrams
     hb = st.truth().heartbeats["timer"]
     assert hb[0] > 0 and hb[-1] < hb[0]                    # the second run restarted at the reset timer
+
+
+def test_destinations_can_change_between_runs():
+    a, b = Receiver(), Receiver()
+    try:
+        gen = HitGenerator(PhysicsModel(hit_rate_hz=20_000, seed=9))
+        st = UdpDataStreamer(gen, BoardClock(), [a.addr])
+        try:
+            st.start()
+            time.sleep(0.1)
+            st.stop()
+            n_a = st.counters[0].datagrams
+            st.set_destinations([b.addr])
+            st.start()
+            time.sleep(0.1)
+            st.stop()
+            with pytest.raises(ConfigError):
+                st.set_destinations([("10.0.0.1", 8192)])
+        finally:
+            st.close()
+        a.wait_for(n_a)
+        b.wait_for(st.counters[0].datagrams - n_a)
+        assert len(a.datagrams) == n_a > 0
+        assert len(b.datagrams) == st.counters[0].datagrams - n_a > 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_falling_behind_skips_board_time_and_counts_it(receiver):
+    class FakeTime:                                        # board time we move by hand
+        ns = 0
+
+        def __call__(self):
+            return self.ns
+
+    src = FakeTime()
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=1000, seed=10))
+    st = UdpDataStreamer(gen, BoardClock(time_source=src), [receiver.addr], max_lag_s=0.5, collect_truth=True)
+    try:
+        st.start()
+        src.ns += 3_000_000_000                             # 3 s at once: more than max_lag_s behind
+        deadline = time.monotonic() + 10
+        while st.slices == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        st.stop()
+    finally:
+        st.close()
+    assert st.skipped_s == pytest.approx(3.0 - 0.25, abs=1e-6)  # caught up to max_lag_s / 2 behind
+    clusters = st.truth().clusters
+    assert clusters["t"].min() >= int(2.75 * 40e6) * 4096       # nothing generated for the skipped time

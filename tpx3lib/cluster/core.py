@@ -24,9 +24,9 @@ import numpy as np
 from ..dtypes import CENTROID_DTYPE, EVENT_DTYPE, toa_seconds
 from . import kernels
 from .kernels import (
-    AXIS_SIZE, accumulate_clusters, axis_map_from_presence, eps_edges, finish_time_offsets, kept_clusters,
-    label_from_roots, link_components, link_keys, number_roots, positions_in_clusters, reset_parent, seam_positions, select_and_mark,
-    union_edges, write_centroids,
+    AXIS_SIZE, accumulate_clusters, eps_edges, finish_time_offsets, grid_cells, kept_clusters, label_from_roots,
+    link_components, link_keys, number_roots, positions_in_clusters, reset_parent, seam_positions,
+    select_and_mark, union_edges, write_centroids,
 )
 from .params import (
     LABEL_BELOW_TOT, LABEL_NOISE, LABEL_PENDING, LABEL_SMALL_CLUSTER, ClusterParams, ClusterStats,
@@ -40,6 +40,8 @@ _INT64_MIN = np.iinfo(np.int64).min
 #: traffic of int64; one call clusters at most 2**31 - 2 hits.
 _POS = np.int32
 _MAX_HITS_PER_CALL = 2**31 - 2
+#: Largest per-pixel grid (compacted axes): 2**25 cells = 400 MB of int32 + int64 scratch.
+_MAX_GRID_CELLS = 2**25
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -267,7 +269,7 @@ def _select_rows(ev: np.ndarray, threshold: int, pieces: int):
     return idx[:m], px, py
 
 
-def _link_pieces(ev, idx, bounds, xmap, ymap, grid_size, grid_height, radius, window, t, group, parent, chain_next):
+def _link_pieces(ev, idx, bounds, geometry, radius, window, t, group, parent, chain_next):
     """Connected-components linking, one contiguous piece of positions per thread.
 
     Pairs across a seam are then found by linking the (small, for time-ordered input) set
@@ -275,12 +277,13 @@ def _link_pieces(ev, idx, bounds, xmap, ymap, grid_size, grid_height, radius, wi
     that of one thread.
     """
     fields = (ev["x"], ev["y"], ev["toa"], ev["event"], ev["chip"])
+    grid_size = geometry[4]
 
     def link(positions, lo=0, hi=0):
         # _WS is thread-local: every pool thread links with its own grid
         head = _WS.get("grid_head", grid_size, _POS)
         head_t = _WS.get("grid_time", grid_size)
-        link_components(positions, lo, hi, idx, *fields, xmap, ymap, grid_size, grid_height, radius, window,
+        link_components(positions, lo, hi, idx, *fields, *geometry, radius, window,
                         t, group, parent, chain_next, head, head_t)
 
     pieces = bounds.size - 1
@@ -347,10 +350,11 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
         raise ValueError(f"{m} hits in one call; cluster at most {_MAX_HITS_PER_CALL} at a time (use Clusterer)")
     toa = ev["toa"]
     radius, window = p.link_radius(), p.link_window_units()
-    xmap, width = axis_map_from_presence(present_x, radius)
-    ymap, height = axis_map_from_presence(present_y, radius)
-    grid_height = height + 2 * radius
-    grid_size = (width + 2 * radius) * grid_height
+    geometry = grid_cells(present_x, present_y, radius)
+    grid_size, grid_height = geometry[4], geometry[5]
+    if grid_size > _MAX_GRID_CELLS:
+        raise ValueError(f"hits spread over a {grid_size}-cell pixel grid (more than {_MAX_GRID_CELLS}); "
+                         "cluster chips or regions separately")
     pieces = threads if m >= 20000 * threads else 1
     bounds = np.linspace(0, m, pieces + 1).astype(np.int64)
     t = _WS.get("time", m)
@@ -364,8 +368,7 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
     noise = 0
 
     if p.method == "components":
-        _link_pieces(ev, idx, bounds, xmap, ymap, grid_size, grid_height, radius, window, t, group, parent,
-                     chain_next)
+        _link_pieces(ev, idx, bounds, geometry, radius, window, t, group, parent, chain_next)
         forest = _Forest(parent, member, bounds)
         forest.number()
         state = forest.sums(ev, idx)
@@ -378,7 +381,7 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
     else:
         x, y, tof = ev["x"], ev["y"], ev["tof"]
         cell = _WS.get("cell", m, _POS)
-        link_keys(idx, 0, m, x, y, toa, ev["event"], ev["chip"], xmap, ymap, grid_height, radius, cell, t, group)
+        link_keys(idx, 0, m, x, y, toa, ev["event"], ev["chip"], *geometry[:4], cell, t, group)
         feat = (toa_seconds(tof) * p.tof_scale if feature is None else feature)[idx]
         x_k = x[idx].astype(np.float64)
         y_k = y[idx].astype(np.float64)
@@ -486,6 +489,7 @@ class Clusterer:
         self.timewalk = timewalk
         self.stats = ClusterStats()
         self._pending = np.zeros(0, EVENT_DTYPE)
+        self._work: np.ndarray | None = None
         self._held = np.zeros(0, CENTROID_DTYPE)
         self._newest = _INT64_MIN
         reorder = self.params.reorder_window_units()
@@ -536,10 +540,20 @@ class Clusterer:
         self.stats.hits_pending = int(self._pending.size)
         return out
 
+    def _join(self, ev: np.ndarray) -> np.ndarray:
+        """Pending hits followed by the new chunk, in a buffer kept between calls."""
+        n_old, n = self._pending.size, self._pending.size + ev.size
+        if self._work is None or self._work.size < n:
+            self._work = np.empty(n + n // 4, EVENT_DTYPE)
+        work = self._work[:n]
+        work[:n_old] = self._pending
+        work[n_old:] = ev
+        return work
+
     def feed(self, hits: np.ndarray) -> np.ndarray:
         """Add a chunk of hits; return the centroids (``CENTROID_DTYPE``) now final."""
         ev = self._accept(hits)
-        work = np.concatenate([self._pending, ev]) if self._pending.size else ev
+        work = self._join(ev) if self._pending.size else ev
         if not work.size:
             return self._emit(self._newest - self._reorder)
         complete_before = self._newest - self._reorder - self._window

@@ -28,6 +28,7 @@ __all__ = [
     "positions_in_clusters",
     "select_and_mark",
     "axis_map_from_presence",
+    "grid_cells",
     "seam_positions",
     "accumulate_clusters",
     "finish_time_offsets",
@@ -111,22 +112,58 @@ def axis_map(coord, idx, radius):
 
 
 @njit(cache=True, nogil=True)
-def link_keys(idx, lo, hi, x, y, toa, event, chip, xmap, ymap, grid_height, radius, cell, t, group):
-    """For positions ``lo..hi-1``: the padded grid cell, the ToA and the group (event, chip).
+def grid_cells(present_x, present_y, radius):
+    """Grid geometry for the used coordinates: ``(xcell, xmin, ycell, ymin, grid_size, grid_height)``.
 
-    ``cell = (xmap[x] + radius) * grid_height + ymap[y] + radius`` (the grid has a border of
-    ``radius`` empty cells, so neighbours need no bounds checks); ``group = event * 256 + chip``.
+    The grid has the compacted axes (:func:`axis_map_from_presence`) plus a border of
+    ``radius`` empty cells on each side, so the (2r+1)^2 neighbours of a cell need no bounds
+    checks; a value ``x`` contributes ``xcell[x - xmin]`` (column start) and ``y``
+    ``ycell[y - ymin]`` to the cell index. The tables only span the used value range, so
+    they stay in cache.
+    """
+    xmap, width = axis_map_from_presence(present_x, radius)
+    ymap, height = axis_map_from_presence(present_y, radius)
+    grid_height = height + 2 * radius
+    grid_size = (width + 2 * radius) * grid_height
+    xmin, xmax = _used_range(present_x)
+    ymin, ymax = _used_range(present_y)
+    xcell = np.empty(xmax - xmin + 1, np.int64)
+    for v in range(xmin, xmax + 1):
+        xcell[v - xmin] = (xmap[v] + radius) * grid_height
+    ycell = np.empty(ymax - ymin + 1, np.int64)
+    for v in range(ymin, ymax + 1):
+        ycell[v - ymin] = ymap[v] + radius
+    return xcell, xmin, ycell, ymin, grid_size, grid_height
+
+
+@njit(cache=True, nogil=True)
+def _used_range(present):
+    lo = 0
+    while lo < AXIS_SIZE - 1 and not present[lo]:
+        lo += 1
+    hi = AXIS_SIZE - 1
+    while hi > lo and not present[hi]:
+        hi -= 1
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def link_keys(idx, lo, hi, x, y, toa, event, chip, xcell, xmin, ycell, ymin, cell, t, group):
+    """For positions ``lo..hi-1``: the grid cell, the ToA and the group (event, chip).
+
+    ``cell = xcell[x - xmin] + ycell[y - ymin]`` (see :func:`grid_cells`);
+    ``group = event * 256 + chip``.
     """
     for k in range(lo, hi):
         i = idx[k]
-        cell[k] = (xmap[x[i]] + radius) * grid_height + ymap[y[i]] + radius
+        cell[k] = xcell[x[i] - xmin] + ycell[y[i] - ymin]
         t[k] = toa[i]
         group[k] = event[i] * 256 + chip[i]
 
 
 @njit(cache=True, nogil=True)
-def link_components(positions, lo, hi, idx, x, y, toa, event, chip, xmap, ymap, grid_size, grid_height,
-                    radius, window, t, group, parent, chain_next, head, head_t):
+def link_components(positions, lo, hi, idx, x, y, toa, event, chip, xcell, xmin, ycell, ymin, grid_size,
+                    grid_height, radius, window, t, group, parent, chain_next, head, head_t):
     """Union every pair of hits that is linked: same group (event and chip),
     ``max(|dx|, |dy|) <= radius`` and ``|t_a - t_b| <= window``.
 
@@ -135,7 +172,8 @@ def link_components(positions, lo, hi, idx, x, y, toa, event, chip, xmap, ymap, 
     linking it. Seam pass (``positions`` given, already filled): links those positions again.
 
     Positions may come in any time order. A grid with a border of ``radius`` empty cells
-    (``grid_size`` cells, ``grid_height`` per column) keeps per pixel a chain of the hits
+    (``grid_size`` cells, ``grid_height`` per column; a hit's cell is
+    ``xcell[x - xmin] + ycell[y - ymin]``, see :func:`grid_cells`) keeps per pixel a chain of the hits
     already seen there, newest first (``chain_next``), and the time of its newest hit
     (``head_t``), so most cells are rejected without touching the hit arrays. A hit walks,
     in each of the (2r+1)^2 cells around it, only the hits within ``window`` of its time
@@ -150,7 +188,7 @@ def link_components(positions, lo, hi, idx, x, y, toa, event, chip, xmap, ymap, 
     for q in range(count):
         k = lo + q if first_pass else positions[q]
         i = idx[k]
-        ck = (xmap[x[i]] + radius) * grid_height + ymap[y[i]] + radius
+        ck = xcell[x[i] - xmin] + ycell[y[i] - ymin]
         if first_pass:
             tk = toa[i]
             gk = event[i] * 256 + chip[i]

@@ -39,7 +39,8 @@ def reference_pairs(ev: np.ndarray, kept: np.ndarray, p: ClusterParams, feature=
     x = ev["x"][idx].astype(np.int64)
     y = ev["y"][idx].astype(np.int64)
     t = ev["toa"][idx]
-    same = (ev["event"][idx][:, None] == ev["event"][idx][None, :]) & (ev["chip"][idx][:, None] == ev["chip"][idx][None, :])
+    event, chip = ev["event"][idx], ev["chip"][idx]
+    same = (event[:, None] == event[None, :]) & (chip[:, None] == chip[None, :])
     dx = x[:, None] - x[None, :]
     dy = y[:, None] - y[None, :]
     if p.method == "components":

@@ -201,6 +201,7 @@ def acquire(address: str, board_factory: Callable | None = None, timeout: float 
 
     ``timeout`` (seconds per reply) applies when the link is created."""
     host, port = parse_address(address)
+    host = _canonical_host(host)
     with _registry_lock:
         link = _registry.get((host, port))
         new = link is None
@@ -212,6 +213,16 @@ def acquire(address: str, board_factory: Callable | None = None, timeout: float 
     if new:
         link.connect()
     return link
+
+
+def _canonical_host(host: str) -> str:
+    """The IPv4 address of ``host`` (so "localhost" and "127.0.0.1" share a link); the name as
+    given when it does not resolve (connecting will then say so)."""
+    import socket
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
 
 
 def release(link: BoardLink) -> None:
@@ -287,6 +298,13 @@ def chip_index_of(chip_device: str) -> int:
     dev = _local_device(name)
     index = getattr(dev, "ChipIndex", None) if dev is not None else None
     if index is None:
+        import tango
+        try:
+            klass = tango.Database().get_device_info(name).class_name
+        except tango.DevFailed:
+            raise ConfigError(f"{name} is not a device of the Tango database (check the Chips property)") from None
+        if klass != "Timepix3Chip":
+            raise ConfigError(f"{name} is a {klass}, not a Timepix3Chip (check the Chips property)")
         values = _db_property(name, "ChipIndex")
         index = values[0] if values else 0
     try:

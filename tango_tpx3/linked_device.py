@@ -118,10 +118,6 @@ class LinkedDevice(Device):
     def link_connected(self) -> bool:
         return self._link is not None and self._link.connected
 
-    @property
-    def link_connecting(self) -> bool:
-        return self._link is not None and self._link.state is board_link.LinkState.CONNECTING
-
     def _on_link_change(self, link) -> None:
         if link.connected and link.generation != self._applied_generation:
             self._applied_generation = link.generation

@@ -238,8 +238,11 @@ def tango_system(workdir: str | os.PathLike, *, instance: str = "test", hit_rate
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        # A light, threshold-independent load: the simulator shares this process and two cores
+        # with the database and the server, and these tests are about the control system, not
+        # the physics (noise hits off, a modest particle rate).
         sim = SimulatedSpidrBoard("127.0.0.1", port=0, n_chips=1,
-                                  model=PhysicsModel(hit_rate_hz=hit_rate_hz)).start()
+                                  model=PhysicsModel(hit_rate_hz=hit_rate_hz, noise_f0_hz=0.0)).start()
         stack.callback(sim.stop)
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         stack.callback(udp.close)

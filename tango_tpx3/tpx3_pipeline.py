@@ -236,6 +236,8 @@ class Tpx3Pipeline(Device):
             self._pipeline.set_listener(self._on_pipeline_event)
         if self._link is not None:
             self._link.add_listener(self._on_link_change)
+            if self._link.state in (board_link.LinkState.FAULT, board_link.LinkState.CLOSED):
+                self._link.connect()   # Init of any device of a lost board tries again
         self._refresh_state()
 
     def delete_device(self):
@@ -532,7 +534,10 @@ class Tpx3Pipeline(Device):
         return np.ascontiguousarray(self._require_pipeline().tof_histogram(), dtype=np.uint32)
 
     def read_Backend(self):
-        return getattr(self._pipeline, "backend_name", type(self._pipeline).__name__ if self._pipeline else "")
+        pipeline = self._pipeline
+        if pipeline is None:
+            return ""
+        return getattr(pipeline, "backend_name", type(pipeline).__name__)
 
     # ---------------------------------------------------------------- LImA aliases
     def read_acq_expo_time(self):
@@ -583,7 +588,8 @@ class Tpx3Pipeline(Device):
         self._prepare()
 
     def is_Prepare_allowed(self):
-        return self._idle_allowed()
+        # Also in FAULT: a new Prepare clears a failed acquisition (a lost board stays FAULT).
+        return self.get_state() in (DevState.ON, DevState.FAULT)
 
     @command(doc_in="start acquiring; returns at once, State is RUNNING until the acquisition ends")
     @translate_errors
@@ -641,7 +647,7 @@ class Tpx3Pipeline(Device):
         self.Prepare()
 
     def is_prepareAcq_allowed(self):
-        return self._idle_allowed()
+        return self.is_Prepare_allowed()
 
     @command(doc_in="LImA alias of Start")
     def startAcq(self):

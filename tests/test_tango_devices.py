@@ -135,6 +135,16 @@ def test_board_identity_and_housekeeping(on):
     assert b.get_attribute_config("FpgaTemperature").events.arch_event.archive_abs_change not in ("", "Not specified")
 
 
+def test_housekeeping_archive_events(on):
+    temps = Events(on.board, "FpgaTemperature", tango.EventType.ARCHIVE_EVENT)
+    try:
+        # The subscription's first event carries the current value (polled, so from the cache).
+        assert temps.wait(lambda e: e.values())
+        assert -20 < temps.values()[0] < 100
+    finally:
+        temps.close()
+
+
 def test_bias_voltage_limits_enforced_by_tango(on):
     b, sim = on.board, on.sim
     b.BiasEnabled = True
@@ -276,10 +286,17 @@ def test_bad_config_files_give_clear_errors_and_the_chip_stays_usable(on, tmp_pa
 
 def test_board_that_stops_answering_goes_to_fault_and_recovers(on):
     s = on
+    states = Events(s.board, "State")
     s.sim.faults.drop_reply(times=None)          # the board executes but never answers again
     # Nobody touches the devices: the polled housekeeping finds out.
     wait_for_state(s.board, DevState.FAULT, timeout=20)
     assert "does not answer" in s.board.status()
+    assert states.wait(lambda e: DevState.FAULT in e.values())
+    states.close()
+    for cmd in ("OpenShutter", "ResetTimers", "T0Sync"):
+        with pytest.raises(tango.DevFailed) as exc:
+            s.board.command_inout(cmd)
+        assert "not allowed" in desc(exc).lower()
     wait_for_state(s.chip, DevState.FAULT)
     wait_for_state(s.pipeline, DevState.FAULT)
     assert "not available" in s.pipeline.status()
@@ -335,9 +352,6 @@ def test_server_restart_keeps_memorized_settings(on):
 
 # ----------------------------------------------------------------------------- Tpx3Pipeline
 
-@pytest.mark.skip(reason="simulator physics floods noise with these DACs (threshold sign in "
-                  "simulators/physics.py is inverted), so the board's stop outlasts the wait on a loaded "
-                  "machine; re-enable when the threshold model is fixed")
 def test_timed_acquisition_returns_to_on_by_itself_with_events(quiet):
     on = quiet
     p, sim = on.pipeline, on.sim
@@ -507,3 +521,27 @@ def test_lima_alias_writes_survive_init(on):
     assert p.AcquisitionTime == pytest.approx(0.33) and p.FrameCount == 3
     assert p.acq_expo_time == pytest.approx(0.33) and p.acq_nb_frames == 3
     p.FrameCount = 1
+
+
+def test_acquisition_stage_dying_is_a_fault_that_prepare_clears(quiet):
+    s = quiet
+    p = s.pipeline
+    p.AcquisitionTime = 0
+    p.Start()
+    assert p.state() == DevState.RUNNING
+    s.sim.disconnect_client()                  # the control connection breaks mid-acquisition
+    wait_for_state(p, DevState.FAULT, timeout=20)
+    assert "fail" in p.status().lower() or "not available" in p.status().lower()
+    assert p.acq_status == "Fault"
+    with pytest.raises(tango.DevFailed):
+        p.Start()
+    s.board.Reconnect()
+    wait_for_state(s.board, DevState.ON)
+    wait_for_state(s.chip, DevState.ON)
+    if p.state() == DevState.FAULT:            # the pipeline's own failure stays until cleared
+        p.Prepare()
+    wait_for_state(p, DevState.ON)
+    p.AcquisitionTime = 0.1
+    p.Start()
+    wait_for_state(p, DevState.ON)
+    assert not s.sim.shutter_open

@@ -12,15 +12,6 @@ from tpx3lib.spidr import Cmd
 
 
 @pytest.fixture
-def sim():
-    board = SimulatedSpidrBoard(port=0, n_chips=2).start()
-    try:
-        yield board
-    finally:
-        board.stop()
-
-
-@pytest.fixture
 def raw(sim):
     s = socket.create_connection(("127.0.0.1", sim.port), timeout=10)
     try:

@@ -9,24 +9,6 @@ from tpx3lib.errors import ConfigError, SpidrError
 from tpx3lib.spidr import DACS, GeneralConfig, OperationMode, PixelVerifyError, Polarity, Reg, SpidrBoard
 
 
-@pytest.fixture
-def sim():
-    board = SimulatedSpidrBoard(port=0, n_chips=2).start()
-    try:
-        yield board
-    finally:
-        board.stop()
-
-
-@pytest.fixture
-def board(sim):
-    b = SpidrBoard.connect(("127.0.0.1", sim.port), timeout=10.0)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 def sent(sim, name):
     """Payload words of every request ``name`` the board received, in order."""
     return [w for n, _, w in sim.command_log if n == name]

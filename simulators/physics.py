@@ -145,6 +145,8 @@ class PhysicsModel:
             raise ConfigError("max_cluster_radius_px must be in 1..8")
         if self.trigger_rate_hz > 0 and self.trigger_width_s >= 1.0 / self.trigger_rate_hz:
             raise ConfigError("trigger_width_s must be shorter than the trigger period")
+        if self.injected_trigger_rate_hz <= 0:
+            raise ConfigError("injected_trigger_rate_hz must be > 0")
         if self.cloud_sigma_px <= 0 or self.noise_e <= 0:
             raise ConfigError("cloud_sigma_px and noise_e must be > 0")
 

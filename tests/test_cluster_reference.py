@@ -118,6 +118,9 @@ def test_labels_codes_and_accounting():
         assert stats.hits_below_tot == np.count_nonzero(ev["tot"] <= 25) == np.count_nonzero(lab == LABEL_BELOW_TOT)
         assert stats.hits_clustered == c["size"].sum() == np.count_nonzero(lab >= 0)
         assert stats.hits_in_small_clusters == np.count_nonzero(lab == LABEL_SMALL_CLUSTER)
+        ref_lab = reference_cluster_hits(ev, p.__class__(**{**p.to_dict(), "min_size": 1}))[1]
+        ids, sizes = np.unique(ref_lab[ref_lab >= 0], return_counts=True)
+        assert stats.clusters_dropped_small == np.count_nonzero(sizes < p.min_size)
         assert stats.hits_noise == np.count_nonzero(lab == LABEL_NOISE)
         assert c["size"].min() >= p.min_size
         assert stats.clusters_out == c.size

@@ -337,3 +337,17 @@ def test_threaded_generation_gives_the_same_words():
     np.testing.assert_array_equal(out[0].words[0], out[1].words[0])
     np.testing.assert_array_equal(out[0].truth.hits, out[1].truth.hits)
     np.testing.assert_array_equal(out[0].truth.clusters, out[1].truth.clusters)
+
+
+def test_injected_triggers_get_counters_and_tof_clusters():
+    peaks = (TofPeak(20e-6, 1e-6, 1.0),)
+    gen = HitGenerator(quiet(hit_rate_hz=10_000, trigger_rate_hz=0.0, tof_peaks=peaks, tof_fraction=1.0, seed=19))
+    gen.generate(0, S // 10)
+    for t in (S // 10 + 1000, S // 10 + S // 20):              # two train starts
+        gen.inject_trigger(t)
+    words, truth = gen.generate(S // 10, S // 5)
+    r = truth.triggers[truth.triggers["rising"] == 1]
+    np.testing.assert_array_equal(r["time"] // U, [S // 10 + 1000, S // 10 + S // 20])
+    np.testing.assert_array_equal(truth.triggers["counter"], [1, 2, 3, 4])
+    assert set(truth.clusters["trigger"]) == {1, 3}            # ToF clusters follow each
+    assert_decodes_to_truth(words[0], truth)

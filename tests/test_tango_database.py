@@ -230,8 +230,10 @@ def test_cli_foreground_database_stops_on_sigterm(tmp_path):
         tango.Database(h, int(p)).get_info()
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "the database server should be a child of 'tpx3 tango db'"
+        assert f"TANGO_HOST={host}" in run_cli("tango", "status", "--dir", str(tmp_path)).stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        assert read_pid_file(tmp_path) is None
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, "the database server outlived 'tpx3 tango db'"
     finally:

@@ -557,18 +557,24 @@ def write_centroids(state, clusters, toa_off, tof_off, out):
 
 @njit(cache=True, nogil=True)
 def kept_clusters(state, min_size):
-    """Clusters with at least ``min_size`` hits; returns ``(clusters, hits_in_them, hits_in_smaller)``."""
+    """Clusters with at least ``min_size`` hits.
+
+    Returns ``(clusters, hits_in_them, hits_in_smaller, smaller_clusters)``; empty rows
+    (clusters still pending) count nowhere.
+    """
     n = state.shape[0]
     out = np.empty(n, np.int64)
     m = 0
     kept_hits = 0
     small_hits = 0
+    small_clusters = 0
     for c in range(n):
         sz = state[c, S_SIZE]
         if sz >= min_size:
             out[m] = c
             m += 1
             kept_hits += sz
-        else:
+        elif sz > 0:
             small_hits += sz
-    return out[:m].copy(), kept_hits, small_hits
+            small_clusters += 1
+    return out[:m].copy(), kept_hits, small_hits, small_clusters

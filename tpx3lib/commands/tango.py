@@ -81,6 +81,7 @@ def _db(args) -> int:
               + (f" --dir {directory}" if args.dir else ""))
         print(f"export TANGO_HOST={handle.tango_host}")
         return 0
+    pid_file = tdb.write_pid_file(handle, directory)   # so 'tpx3 tango stop/status' find it too
     print(f"Tango database running (pid {handle.pid}), data in {handle.db_file}, log {handle.log_file}")
     print(f"export TANGO_HOST={handle.tango_host}")
     print("Ctrl-C stops it.", flush=True)
@@ -100,6 +101,7 @@ def _db(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         handle.stop()
+        pid_file.unlink(missing_ok=True)
 
 
 def _stop(args) -> int:

@@ -27,22 +27,18 @@ Contract (what the device relies on, and what the tests check through the device
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+from tpx3lib.pipeline.state import PipelineState
 
 __all__ = [
     "PipelineState", "AcquisitionSettings", "Pipeline", "Listener", "STATISTICS_KEYS",
     "OUTPUT_PRODUCTS", "TRAIN_ID_SOURCES", "empty_statistics",
 ]
 
-
-class PipelineState(enum.Enum):
-    IDLE = "idle"
-    RUNNING = "running"
-    FAULT = "fault"
 
 
 #: Output products a pipeline can be asked for (any non-empty subset).

@@ -499,6 +499,13 @@ class Clusterer:
             reorder += timewalk.spread_units()
         self._reorder = reorder
         self._window = self.params.link_window_units()
+        self._final_until = _INT64_MIN
+
+    @property
+    def final_until(self) -> int:
+        """Time (ToA units) before which every centroid has been returned: a cluster whose
+        first hit is earlier than this will not be returned any more."""
+        return int(self._final_until)
 
     @property
     def pending_hits(self) -> int:
@@ -529,6 +536,10 @@ class Clusterer:
             self._held = np.concatenate([self._held, out.centroids]) if self._held.size else out.centroids
 
     def _emit(self, bound: int | None) -> np.ndarray:
+        if bound is None:
+            self._final_until = np.iinfo(np.int64).max
+        elif bound > self._final_until:
+            self._final_until = int(bound)
         held = self._held
         ready = np.ones(held.size, bool) if bound is None else held["toa_first"] < bound
         if ready.all():

@@ -12,6 +12,7 @@ import numpy as np
 from ..decode import EventBuilder, StreamDecoder
 from ..dtypes import CENTROID_DTYPE, EVENT_DTYPE, HEARTBEAT_DTYPE, PIXEL_DTYPE, TDC_DTYPE
 from ..errors import ConfigError
+from ..trainid.flags import TRIGGER_TRAIN_DTYPE
 
 __all__ = ["ProcessingConfig", "ProcessedChunk", "ChipProcessor", "PRODUCTS"]
 
@@ -56,14 +57,32 @@ class ProcessingConfig:
         return dataclasses.asdict(self)
 
 
+_ARRAYS = ("pixels", "triggers", "heartbeats", "events", "centroids", "trains")
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+
 @dataclasses.dataclass
 class ProcessedChunk:
+    """What one chip's chain produced from one input chunk.
+
+    ``pixels``, ``events`` and ``centroids`` are filled when their product is asked for;
+    ``triggers`` (every TDC edge) and ``heartbeats`` always are, so sinks can count
+    triggers and announce trains without hits. ``trains`` holds the triggers whose train
+    ID was decided in this chunk (``TRIGGER_TRAIN_DTYPE``; empty without a train-ID
+    source). ``complete_until`` is a board time (ToA units): every event and centroid
+    earlier than it has been delivered, in this or an earlier chunk, so a trigger whose
+    event window ends before it is complete (``INT64_MAX`` after the final flush).
+    """
+
     chip: int
     pixels: np.ndarray
     triggers: np.ndarray
     heartbeats: np.ndarray
     events: np.ndarray
     centroids: np.ndarray
+    trains: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, TRIGGER_TRAIN_DTYPE))
+    complete_until: int = _INT64_MIN
 
     @classmethod
     def empty(cls, chip: int = 0) -> "ProcessedChunk":
@@ -75,18 +94,24 @@ class ProcessedChunk:
         parts = list(parts)
         if not parts:
             return cls.empty()
-        return cls(parts[0].chip, *(np.concatenate([getattr(p, f) for p in parts])
-                                    for f in ("pixels", "triggers", "heartbeats", "events", "centroids")))
+        return cls(parts[0].chip, *(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAYS),
+                   complete_until=max(p.complete_until for p in parts))
 
     def __len__(self) -> int:
         return self.pixels.size + self.triggers.size + self.events.size + self.centroids.size
 
 
 class ChipProcessor:
-    """Decode, assign events and cluster one chip's word stream, chunk by chunk."""
+    """Decode, assign events and cluster one chip's word stream, chunk by chunk.
 
-    def __init__(self, config: ProcessingConfig | None = None, **kwargs):
+    ``train_ids``: an optional :class:`~tpx3lib.trainid.TrainIdAssigner`; events and
+    centroids then carry the train ID of their trigger (0 while it is not decided) and
+    each chunk lists the triggers decided in it.
+    """
+
+    def __init__(self, config: ProcessingConfig | None = None, *, train_ids=None, **kwargs):
         self.config = cfg = config or ProcessingConfig(**kwargs)
+        self.train_ids = train_ids
         self.decoder = StreamDecoder(chip=cfg.chip, longtime=cfg.longtime, orientation=cfg.orientation,
                                      offset=cfg.offset)
         self.events = EventBuilder(tdc=cfg.trigger_tdc, edge=cfg.trigger_edge, window_s=cfg.event_window_s,
@@ -113,6 +138,11 @@ class ChipProcessor:
         cfg = self.config
         events = np.empty(0, EVENT_DTYPE)
         centroids = np.empty(0, CENTROID_DTYPE)
+        trains = np.empty(0, TRIGGER_TRAIN_DTYPE)
+        if self.train_ids is not None:
+            trains = self.train_ids.feed(dec.tdcs) if dec.tdcs.size else trains
+            if final:
+                trains = np.concatenate([trains, self.train_ids.flush()])
         if self.events is not None:
             events = self.events.feed(dec.pixels, dec.tdcs)
             if final:
@@ -123,14 +153,30 @@ class ChipProcessor:
                 centroids = self.clusterer.feed(events)
                 if final:
                     centroids = np.concatenate([centroids, self.clusterer.flush()])
+            if self.train_ids is not None:
+                for arr in (events, centroids):
+                    if arr.size:
+                        self.train_ids.apply(arr)
         return ProcessedChunk(
             cfg.chip,
             dec.pixels if "pixels" in cfg.products else np.empty(0, PIXEL_DTYPE),
-            dec.tdcs if "triggers" in cfg.products else np.empty(0, TDC_DTYPE),
+            dec.tdcs,
             dec.heartbeats,
             events if "events" in cfg.products else np.empty(0, EVENT_DTYPE),
             centroids,
+            trains,
+            self._complete_until(final),
         )
+
+    def _complete_until(self, final: bool) -> int:
+        if final:
+            return _INT64_MAX
+        if self.events is None:
+            return _INT64_MIN        # no events are made: nothing to wait for per trigger
+        until = self.events.final_until
+        if self.clusterer is not None:
+            until = min(until, self.clusterer.final_until)
+        return until
 
     def counters(self) -> dict:
         """Everything counted so far, by stage."""

@@ -37,20 +37,17 @@ written for queues catches it unchanged.
 """
 from __future__ import annotations
 
-import collections
 import difflib
-import enum
 import logging
-import queue
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from tpx3lib.config import ChipConfig, load_config, read_spx_info, save_config
 from tpx3lib.errors import ConfigError
+from tpx3lib.messages import DEFAULT_POLL_SIZE, DataMessage, MessageRing, MessageType, PollBufferEmpty
 from tpx3lib.spidr.board import CLOSED_SHUTTER_TRIGGER, OPEN_SHUTTER_TRIGGER, SpidrBoard
 from tpx3lib.spidr.chip import LinkStatus, SpidrChip, device_name
 from tpx3lib.spidr.controller import DEFAULT_TIMEOUT, SpidrController
@@ -64,80 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Messages the poll ring holds before it drops the oldest.
-DEFAULT_POLL_SIZE = 10_000
-
-
-class MessageType(enum.IntEnum):
-    """What a delivered message holds (the data layouts are in tpx3lib.dtypes)."""
-
-    RAW = 0        #: raw UDP payload bytes / 64-bit words
-    PIXELS = 1     #: decoded pixel hits (PIXEL_DTYPE)
-    TRIGGERS = 2   #: TDC edges (TDC_DTYPE)
-    EVENTS = 3     #: pixels assigned to triggers (EVENT_DTYPE)
-    CENTROIDS = 4  #: cluster centroids (CENTROID_DTYPE)
-
-
-class DataMessage(NamedTuple):
-    """One delivered message; unpacks as ``kind, data = message``."""
-
-    type: MessageType
-    data: Any
-
-
-class PollBufferEmpty(queue.Empty):
-    """poll() found no message (within its timeout)."""
-
-
-class MessageRing:
-    """A bounded, thread-safe FIFO that drops the oldest message when full."""
-
-    def __init__(self, maxlen: int = DEFAULT_POLL_SIZE):
-        if int(maxlen) < 1:
-            raise ValueError("the poll ring needs room for at least one message")
-        self.maxlen = int(maxlen)
-        self._items: collections.deque = collections.deque()
-        self._cond = threading.Condition()
-        self.overflows = 0
-        self.pushed = 0
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-    def push(self, item) -> bool:
-        """Append; returns False when the oldest item had to be dropped to make room."""
-        with self._cond:
-            dropped = len(self._items) >= self.maxlen
-            if dropped:
-                self._items.popleft()
-                self.overflows += 1
-            self._items.append(item)
-            self.pushed += 1
-            self._cond.notify()
-            return not dropped
-
-    def pop(self, block: bool = False, timeout: float | None = None):
-        """Oldest item; raises PollBufferEmpty when there is none (after ``timeout`` if blocking)."""
-        with self._cond:
-            if block:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._items:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            if not self._items:
-                raise PollBufferEmpty("no data message in the poll buffer")
-            return self._items.popleft()
-
-    def clear(self) -> int:
-        """Drop everything; returns how many items were dropped (not counted as overflows)."""
-        with self._cond:
-            n = len(self._items)
-            self._items.clear()
-            return n
 
 
 class DataPipeline(Protocol):

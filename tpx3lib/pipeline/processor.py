@@ -66,9 +66,10 @@ _INT64_MIN = np.iinfo(np.int64).min
 class ProcessedChunk:
     """What one chip's chain produced from one input chunk.
 
-    ``pixels``, ``events`` and ``centroids`` are filled when their product is asked for;
-    ``triggers`` (every TDC edge) and ``heartbeats`` always are, so sinks can count
-    triggers and announce trains without hits. ``trains`` holds the triggers whose train
+    ``pixels`` (every decoded hit), ``triggers`` (every TDC edge) and ``heartbeats`` are
+    always filled (they are decoded anyway), so sinks can count hits, draw hit maps and
+    announce trains without hits; ``events`` and ``centroids`` when their product is
+    asked for. Which products reach users is the sinks' choice (e.g. CallbackSink). ``trains`` holds the triggers whose train
     ID was decided in this chunk (``TRIGGER_TRAIN_DTYPE``; empty without a train-ID
     source). ``complete_until`` is a board time (ToA units): every event and centroid
     earlier than it has been delivered, in this or an earlier chunk, so a trigger whose
@@ -159,7 +160,7 @@ class ChipProcessor:
                         self.train_ids.apply(arr)
         return ProcessedChunk(
             cfg.chip,
-            dec.pixels if "pixels" in cfg.products else np.empty(0, PIXEL_DTYPE),
+            dec.pixels,
             dec.tdcs,
             dec.heartbeats,
             events if "events" in cfg.products else np.empty(0, EVENT_DTYPE),

@@ -8,15 +8,19 @@ cannot keep rather than drop it silently.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 
 import numpy as np
 
 from ..dtypes import TOA_UNIT_S
+from ..messages import DataMessage, MessageRing, MessageType
 from .processor import ProcessedChunk
 
-__all__ = ["Sink", "StatisticsSink", "CallbackSink", "PollBuffer", "PollBufferEmpty"]
+log = logging.getLogger("tpx3lib.pipeline")
+
+__all__ = ["Sink", "StatisticsSink", "CallbackSink"]
 
 
 class Sink:
@@ -36,48 +40,63 @@ class Sink:
 
 
 class StatisticsSink(Sink):
-    """Live statistics readable at any time: rates over a sliding window, totals,
-    a hit map per detector and a time-of-flight histogram."""
+    """Live statistics readable at any time from any thread.
+
+    Totals since the last :meth:`reset` (``hits``, ``triggers`` = trigger edges of any TDC
+    that are rising, ``events``, ``centroids``, ``raw_bytes``), rates per second over the
+    last ``window_s``, a hit map (an image: row = y, column = x, one ``shape`` for all
+    chips summed) and a time-of-flight histogram over ``tof_range_s`` (of events when
+    there are any, else of centroids).
+    """
 
     def __init__(self, window_s: float = 1.0, shape=(256, 256), tof_range_s=(0.0, 1e-3), tof_bins: int = 500):
+        if not window_s > 0:
+            raise ValueError("window_s must be > 0")
+        lo, hi = (float(v) for v in tof_range_s)
+        if not hi > lo or int(tof_bins) < 1:
+            raise ValueError(f"need tof_range_s min < max and tof_bins >= 1, got {tof_range_s}, {tof_bins}")
         self.window_s = float(window_s)
-        self.shape = tuple(shape)
-        self.tof_edges_s = np.linspace(tof_range_s[0], tof_range_s[1], tof_bins + 1)
+        self.shape = tuple(int(v) for v in shape)
+        self.tof_edges_s = np.linspace(lo, hi, int(tof_bins) + 1)
         self._tof_edges_units = self.tof_edges_s / TOA_UNIT_S
         self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self.totals = collections.Counter()
-            self.hit_map = np.zeros(self.shape, np.int64)
-            self.tof_histogram = np.zeros(self.tof_edges_s.size - 1, np.int64)
-            self._recent = collections.deque()  # (time, Counter of increments)
-            self.started = time.time()
+            self._hit_map = np.zeros(self.shape, np.int64)
+            self._tof = np.zeros(self.tof_edges_s.size - 1, np.int64)
+            self._recent: collections.deque = collections.deque()  # (monotonic time, increments)
+            self._since = time.monotonic()
 
     def start(self, info: dict) -> None:
         self.reset()
 
     def on_raw(self, chip, words, recv_time_ns) -> None:
-        self._add({"raw_bytes": words.nbytes})
+        self._add({"raw_bytes": int(words.nbytes)})
 
     def on_chunk(self, chunk: ProcessedChunk) -> None:
+        tdc = chunk.triggers
         inc = {
-            "hits": chunk.pixels.size,
-            "triggers": int(np.count_nonzero(chunk.triggers["rising"])) if chunk.triggers.size else 0,
-            "events": chunk.events.size,
-            "centroids": chunk.centroids.size,
+            "hits": int(chunk.pixels.size),
+            "triggers": int(np.count_nonzero(tdc["rising"])) if tdc.size else 0,
+            "events": int(chunk.events.size),
+            "centroids": int(chunk.centroids.size),
         }
-        hits = chunk.pixels if chunk.pixels.size else chunk.events
+        img = None
+        if chunk.pixels.size:
+            x = chunk.pixels["x"].astype(np.intp)
+            y = chunk.pixels["y"].astype(np.intp)
+            ok = (x < self.shape[1]) & (y < self.shape[0])
+            img = np.bincount(y[ok] * self.shape[1] + x[ok], minlength=self.shape[0] * self.shape[1])
+        tof = chunk.events["tof"] if chunk.events.size else chunk.centroids["tof"]
+        hist = np.histogram(tof, bins=self._tof_edges_units)[0] if tof.size else None
         with self._lock:
-            if hits.size:
-                x = hits["x"].astype(np.intp)
-                y = hits["y"].astype(np.intp)
-                ok = (x < self.shape[0]) & (y < self.shape[1])
-                np.add.at(self.hit_map, (x[ok], y[ok]), 1)
-            if chunk.events.size:
-                h, _ = np.histogram(chunk.events["tof"], bins=self._tof_edges_units)
-                self.tof_histogram += h
+            if img is not None:
+                self._hit_map += img.reshape(self.shape)
+            if hist is not None:
+                self._tof += hist
         self._add(inc)
 
     def _add(self, inc: dict) -> None:
@@ -89,81 +108,70 @@ class StatisticsSink(Sink):
                 self._recent.popleft()
 
     def rates(self) -> dict:
-        """Per-second rates over the last window."""
+        """``<name>_per_s`` for every total, over the last ``window_s`` (or since reset, if shorter)."""
         now = time.monotonic()
         with self._lock:
-            agg = collections.Counter()
+            agg = collections.Counter({k: 0 for k in self.totals})
             for t, inc in self._recent:
                 if t >= now - self.window_s:
                     agg.update(inc)
-        span = min(self.window_s, max(time.time() - self.started, 1e-3))
+            span = min(self.window_s, max(now - self._since, 1e-3))
         return {f"{k}_per_s": v / span for k, v in agg.items()}
 
+    def hit_map(self) -> np.ndarray:
+        with self._lock:
+            return self._hit_map.copy()
+
+    def tof_histogram(self) -> np.ndarray:
+        with self._lock:
+            return self._tof.copy()
+
     def snapshot(self) -> dict:
+        rates = self.rates()
         with self._lock:
-            return {"totals": dict(self.totals), "rates": self.rates(),
-                    "hit_map": self.hit_map.copy(), "tof_histogram": self.tof_histogram.copy(),
-                    "tof_edges_s": self.tof_edges_s.copy()}
-
-
-class PollBufferEmpty(LookupError):
-    """Nothing to poll (subclasses LookupError, like queue.Empty's spirit of "no item")."""
-
-
-class PollBuffer:
-    """A bounded ring of (message type, data) for polling. When full the oldest
-    message is dropped and counted in ``overflows`` (a live view must not stall
-    the acquisition)."""
-
-    def __init__(self, maxlen: int = 1000):
-        self._dq = collections.deque(maxlen=int(maxlen))
-        self._lock = threading.Lock()
-        self.overflows = 0
-        self.pushed = 0
-
-    def push(self, kind: str, data) -> None:
-        with self._lock:
-            if len(self._dq) == self._dq.maxlen:
-                self.overflows += 1
-            self._dq.append((kind, data))
-            self.pushed += 1
-
-    def poll(self):
-        with self._lock:
-            if not self._dq:
-                raise PollBufferEmpty("no data available")
-            return self._dq.popleft()
-
-    def __len__(self) -> int:
-        return len(self._dq)
+            return {"totals": dict(self.totals), "rates": rates, "hit_map": self._hit_map.copy(),
+                    "tof_histogram": self._tof.copy(), "tof_edges_s": self.tof_edges_s.copy()}
 
 
 class CallbackSink(Sink):
-    """Deliver the requested products to a callback ``fn(kind, data)`` and/or a
-    :class:`PollBuffer`. ``kind`` is one of raw, pixels, triggers, events, centroids."""
+    """Deliver the requested products as ``callback(MessageType, data)`` and/or into a
+    :class:`~tpx3lib.messages.MessageRing` (the poll ring of the high-level API) as
+    :class:`~tpx3lib.messages.DataMessage`. ``products`` names what to deliver: any of
+    raw, pixels, triggers, events, centroids. An exception from the callback is counted
+    in ``callback_errors`` (the first is logged) and never stops the acquisition; what
+    the ring drops when full is counted by the ring (``overflows``)."""
 
     def __init__(self, products=("pixels", "triggers", "events", "centroids"), callback=None,
-                 buffer: PollBuffer | None = None):
+                 buffer: MessageRing | None = None):
+        bad = [p for p in products if p.upper() not in MessageType.__members__]
+        if bad:
+            raise ValueError(f"unknown product(s) {bad}; choose from "
+                             f"{[m.name.lower() for m in MessageType]}")
         self.products = tuple(products)
         self.callback = callback
         self.buffer = buffer
         self.callback_errors = 0
+        self._lock = threading.Lock()
 
-    def _deliver(self, kind, data) -> None:
+    def _deliver(self, kind: MessageType, data) -> None:
         if self.buffer is not None:
-            self.buffer.push(kind, data)
+            self.buffer.push(DataMessage(kind, data))
         if self.callback is not None:
             try:
                 self.callback(kind, data)
             except Exception:  # a user's callback must not kill the acquisition; it is counted
-                self.callback_errors += 1
+                with self._lock:
+                    self.callback_errors += 1
+                    first = self.callback_errors == 1
+                if first:
+                    log.exception("data callback raised (further errors are only counted)")
 
     def on_raw(self, chip, words, recv_time_ns) -> None:
         if "raw" in self.products:
-            self._deliver("raw", words.copy())
+            self._deliver(MessageType.RAW, words.copy())
 
     def on_chunk(self, chunk: ProcessedChunk) -> None:
         for kind in ("pixels", "triggers", "events", "centroids"):
             arr = getattr(chunk, kind)
             if kind in self.products and arr.size:
-                self._deliver(kind, arr)
+                self._deliver(MessageType[kind.upper()], arr)

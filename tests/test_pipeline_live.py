@@ -327,3 +327,28 @@ def test_bad_arguments_are_refused():
         LivePipeline(chips=[0, 1], processing={0: ProcessingConfig()})
     assert recording_paths("/d/run.raw", [0]) == {0: __import__("pathlib").Path("/d/run.raw")}
     assert str(recording_paths("/d/run.raw", [0, 2])[2]) == "/d/run_chip2.raw"
+
+
+def test_high_level_api_polls_what_the_live_pipeline_delivers(sim):
+    from tpx3lib.api import PollBufferEmpty, Tpx3Connection
+    with Tpx3Connection(("127.0.0.1", sim.port), configure=True) as conn:
+        pipe = LivePipeline(chips=range(len(conn)), ports=[0] * len(conn), capture_options=RING,
+                            processing=ProcessingConfig(products=("pixels", "triggers", "events")))
+        conn.attach_pipeline(pipe)
+        conn.start()
+        assert [conn[c].destination[1] for c in range(len(conn))] == pipe.ports   # told where to send
+        time.sleep(0.6)
+        conn.stop()
+        assert pipe.state is PipelineState.IDLE
+        got = {}
+        while True:
+            try:
+                kind, data = conn.poll()
+            except PollBufferEmpty:
+                break
+            got.setdefault(kind, []).append(data)
+    assert set(got) >= {MessageType.RAW, MessageType.TRIGGERS}
+    trig = np.concatenate(got[MessageType.TRIGGERS])
+    assert set(trig["chip"]) == {0, 1}            # both chips' streams arrived and were decoded
+    n_rising = int(np.count_nonzero((trig["tdc"] == 1) & (trig["rising"] == 1)))
+    assert n_rising == pipe.counters()["totals"]["triggers"] // 2 > 0

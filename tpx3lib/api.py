@@ -17,7 +17,9 @@
 Data delivery
 -------------
 The live data path (UDP capture, decoding, events, centroids) is not part of
-this module: it plugs in through :meth:`Tpx3Connection.attach_pipeline`. A
+this module: it plugs in through :meth:`Tpx3Connection.attach_pipeline`, e.g.
+``conn.attach_pipeline(LivePipeline(chips=range(len(conn)), ports=[0] * len(conn)))``
+(``tpx3lib.pipeline``; the chips are then told to send to the ports it bound). A
 pipeline is any object with ``start(sink)`` and ``stop()``; between them it
 calls ``sink(message_type, data)`` from its own thread for every message. The
 connection starts attached pipelines before it opens the shutter and stops
@@ -478,6 +480,7 @@ class Tpx3Connection:
             for p in self._pipelines:
                 p.start(self.deliver)
                 started.append(p)
+                self._point_chips_at(p)
         except BaseException:
             for p in reversed(started):
                 try:
@@ -485,6 +488,16 @@ class Tpx3Connection:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("stopping pipeline %r failed: %s", p, exc)
             raise
+
+    def _point_chips_at(self, pipeline) -> None:
+        """A pipeline that receives UDP itself (``chips``, ``host``, ``ports`` after start, e.g.
+        :class:`tpx3lib.pipeline.LivePipeline` with free ports) gets its chips' data sent to it."""
+        chips, ports, host = (getattr(pipeline, n, None) for n in ("chips", "ports", "host"))
+        if not chips or not ports or not isinstance(host, str):
+            return
+        for chip, port in zip(chips, ports):
+            if 0 <= chip < len(self._chips) and tuple(self._chips[chip].destination) != (host, port):
+                self._chips[chip].set_destination(host, port)
 
     def _stop_pipelines(self) -> None:
         for p in reversed(self._pipelines):

@@ -6,7 +6,9 @@ Printed as ``BENCH <name> <value> <unit>  # note``:
   hit distribution and for the default ion-imaging model (ToF bursts after 10 Hz triggers);
 * writing pymepix raw and .tpx3 files of ``--hits`` hits (MB/s of file, Mhits/s), with
   the peak resident memory of the process (bounded: files are made slice by slice);
-* the baseline, in the same run: memcpy of the same number of bytes (numpy copyto, 64 MB blocks).
+* the baseline, in the same run: memcpy of the same number of bytes (numpy copyto, 64 MB blocks);
+* the UDP streamer in real time over loopback at a rate beyond what it can generate: hits sent per
+  second, board time skipped, and how long ``stop()`` (the board's AUTOTRIG_STOP) takes.
 
     python bench/bench_generator.py [--hits 5000000] [--quick] [--dir /tmp]
 
@@ -57,6 +59,34 @@ def generation(name: str, model: PhysicsModel, min_hits: int, slice_s: float, th
           f"{hits:,} hits in {dt:.2f} s for {sim_s:.2f} s of board time ({sim_s / dt:.2f}x real time), "
           f"{words * 8 / dt / 1e6:.0f} MB/s of words")
     return hits / dt
+
+
+def streaming(name: str, model: PhysicsModel, seconds: float) -> None:
+    """Stream in real time to a loopback port nobody reads (the kernel discards the datagrams)."""
+    import logging
+    import socket
+    from simulators.clock import BoardClock
+    from simulators.udp_stream import UdpDataStreamer
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    logging.getLogger("simulators.udp_stream").setLevel(logging.ERROR)   # lag warnings are expected here
+    st = UdpDataStreamer(HitGenerator(model), BoardClock(), [sink.getsockname()])
+    try:
+        st.start()
+        time.sleep(seconds)
+        t0 = time.perf_counter()
+        st.stop()
+        stop_s = time.perf_counter() - t0
+    finally:
+        st.close()
+        sink.close()
+    c = st.counters[0]
+    bench(f"stream_{name}", c.hits / seconds / 1e6, "Mhits/s",
+          f"sent over {seconds:.1f} s asking {model.hit_rate_hz / 1e6:.0f} M clusters/s; lag skipped "
+          f"{st.skipped_s:.2f} s, worst lag {st.worst_lag_s:.2f} s, {c.datagrams:,} datagrams")
+    bench(f"stream_stop_{name}", stop_s, "s",
+          f"stop() at that rate (budget {st.stop_budget_s} s); {st.stop_skipped_s:.2f} s of board time "
+          "not generated at the stop, counted")
 
 
 def memcpy_rate(n_bytes: int, block: int = 64 << 20) -> float:
@@ -112,6 +142,7 @@ def main(argv=None) -> int:
     generation("flat_2Mcl_s_2threads", PhysicsModel(**flat), n_gen, 0.01, threads=2)
     generation("ion_imaging_1Mcl_s", PhysicsModel(hit_rate_hz=1e6), n_gen, 0.01)
     generation("low_rate_10kcl_s", PhysicsModel(hit_rate_hz=1e4), n_gen // 10, 0.5)
+    streaming("ion_imaging_5Mcl_s", PhysicsModel(hit_rate_hz=5e6), 1.0 if args.quick else 3.0)
     return 0
 
 

@@ -27,7 +27,7 @@ from .truth import CLUSTER_TRUTH_DTYPE, HIT_TRUTH_DTYPE, GeneratedSlice, Truth
 
 __all__ = [
     "DAC_NAMES", "DAC_CODES", "DAC_RANGES", "DAC_DEFAULTS", "UNITS_PER_TICK", "TICKS_PER_SECOND",
-    "TofPeak", "DEFAULT_TOF_PEAKS", "PhysicsModel", "ChipState", "HitGenerator",
+    "TofPeak", "DEFAULT_TOF_PEAKS", "PhysicsModel", "ChipState", "HitGenerator", "warm_up",
 ]
 
 UNITS_PER_TICK = 4096
@@ -110,8 +110,9 @@ class PhysicsModel:
     sensor_polarity: int = 0              #: 0 holes (needs GENCONFIG polarity 0), 1 electrons
     # --- front end
     noise_e: float = 70.0                 #: electronic noise (ENC) rms, electrons
-    threshold_baseline_dac: float = 1310.0  #: 160*coarse + fine at which the threshold is 0 e
-    electrons_per_dac: float = 10.0       #: threshold electrons per fine DAC step
+    threshold_baseline_dac: float = 1450.0  #: 160*coarse + fine at the preamplifier's baseline (0 e);
+                                            #: hole collection thresholds lie below it, electrons above
+    electrons_per_dac: float = 10.0       #: threshold electrons per fine DAC step (0.5 mV)
     threshold_dispersion_e: float = 35.0  #: pixel-to-pixel threshold rms after equalisation
     tot_a: float = 5.0                    #: ToT counts per ke
     tot_b: float = 10.0                   #: ToT offset, counts
@@ -125,7 +126,7 @@ class PhysicsModel:
     max_pixel_rate_hz: float = 2e5        #: a noisy pixel cannot fire faster than its dead time allows
     max_noise_rate_hz: float = 80e6       #: readout limit of the chip
     hot_pixel_fraction: float = 2e-4      #: pixels with a lower threshold (typical hot pixels)
-    hot_pixel_offset_e: float = -400.0
+    hot_pixel_offset_e: float = -200.0    #: their threshold offset (they fire first as it is lowered)
     # --- stream
     heartbeat_period_s: float = 1.0       #: 0x44/0x45 heartbeat period (0 = none); first at start
     disorder_fraction: float = 0.25       #: target share of consecutive hits that go back in time
@@ -152,8 +153,18 @@ class PhysicsModel:
 
     # Documented response functions, shared by the kernels' twins, the noise path and tests.
     def threshold_e(self, chip: "ChipState") -> float:
-        """Global threshold in electrons: (160*Vthreshold_coarse + Vthreshold_fine - baseline) * e/DAC."""
-        return (chip.threshold_dac() - self.threshold_baseline_dac) * self.electrons_per_dac
+        """Global threshold in electrons from the threshold DACs and the front-end polarity.
+
+        The DACs set the discriminator level V = 160*Vthreshold_coarse + Vthreshold_fine (in 0.5 mV
+        fine steps; one coarse step is 80 mV). A signal moves the preamplifier output away from its
+        baseline (``threshold_baseline_dac``): down for holes (GENCONFIG polarity 0, positive charge),
+        up for electrons (polarity 1). So the threshold is
+        ``(baseline - V) * electrons_per_dac`` for holes and ``(V - baseline) * electrons_per_dac``
+        for electrons: a lower DAC setting is a *higher* threshold in hole collection. A level on the
+        wrong side of the baseline is a negative threshold: the pixels fire on noise all the time.
+        """
+        above = chip.threshold_dac() - self.threshold_baseline_dac
+        return (above if int(chip.polarity) & 1 else -above) * self.electrons_per_dac
 
     def tot_counts(self, charge_e, threshold_e):
         """ToT in 25 ns counts for pixel charge q above threshold thr (both electrons):
@@ -395,6 +406,51 @@ class HitGenerator:
                 r += self.model.hit_rate_hz * mean_cluster_size + self.derived(c).noise_rate_hz
         return r
 
+    def slice_end(self, t_start_ticks: int, t_end_ticks: int, max_hits: float,
+                  mean_cluster_size: float = 4.0) -> int:
+        """The latest end in (start, end] such that ``generate(start, end)`` is expected to make at
+        most ``max_hits`` pixel hits (all chips), so that one slice's generation time stays bounded
+        even inside a time-of-flight burst. Always at least one tick past the start.
+
+        Counts the triggered clusters already scheduled (it schedules up to ``t_end + 1 ms`` first,
+        as ``generate`` would) plus the expected flat background and noise. The stream stays one
+        continuous stream (triggers, counters and ToF clusters are scheduled exactly as by
+        ``generate``), but random numbers are drawn in another order than without this call."""
+        a, b = int(t_start_ticks), int(t_end_ticks)
+        if b <= a + 1:
+            return max(b, a + 1)
+        if a != self._expected_start:
+            self.restart(a)
+        m = self.model
+        B = b * UNITS_PER_TICK
+        self._schedule(B + UNITS_PER_SECOND // 1000)
+        rate = 0.0          # pixel hits per tick, spread evenly
+        pools = []          # time-sorted arrival times of each chip's triggered clusters
+        bg = m.hit_rate_hz * (1.0 - m.tof_fraction if self._triggered() else 1.0)
+        for chip in range(self.n_chips):
+            cs = self.chip_state(chip)
+            if not cs.enabled:
+                continue
+            d = self.derived(chip)
+            rate += (d.noise_rate_hz + (bg * mean_cluster_size if d.signal_gain > 0 else 0.0)) / TICKS_PER_SECOND
+            if d.signal_gain > 0 and len(self._pool[chip]["t"]):
+                pools.append(self._pool[chip]["t"])
+
+        def expected(end: int) -> float:
+            n_cl = sum(int(np.searchsorted(t, end * UNITS_PER_TICK, side="left")) for t in pools)
+            return n_cl * mean_cluster_size + rate * (end - a)
+
+        if expected(b) <= max_hits:
+            return b
+        lo, hi = a + 1, b          # expected(lo) may exceed max_hits: one tick is the least we can do
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if expected(mid) <= max_hits:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     # ------------------------------------------------------------ schedules
     def _exp_units(self, rate_hz: float) -> int:
         return max(1, int(self._rng.exponential(1.0 / rate_hz) * UNITS_PER_SECOND))
@@ -477,10 +533,15 @@ class HitGenerator:
             self._pool_add(chip, t.astype(np.int64), x, y, q, sig, peak, np.full(n, counter, np.int64))
 
     def _pool_add(self, chip, t, x, y, q, s, peak, trig):
+        """Add triggered clusters to the chip's pool, which stays sorted by arrival time (so that
+        taking a slice's clusters, and sizing slices, is a binary search, not a pass over the pool)."""
         p = self._pool[chip]
         for k, v in (("t", t), ("x", np.clip(x, 0.0, 255.999)), ("y", np.clip(y, 0.0, 255.999)),
                      ("q", q), ("s", s), ("peak", peak), ("trig", trig)):
             p[k] = np.concatenate([p[k], v])
+        order = np.argsort(p["t"], kind="stable")
+        for k in p:
+            p[k] = p[k][order]
 
     def _draw_charge(self, n: int):
         """Deposited charge (Moyal = Landau-like: mpv + width * -ln(N^2)) and cloud rms (lognormal)."""
@@ -540,10 +601,11 @@ class HitGenerator:
         return GeneratedSlice(words, truth, a, b)
 
     def _pool_take(self, chip: int, B: int) -> dict:
+        """Remove and return the pooled clusters arriving before ``B`` (the pool is time-sorted)."""
         p = self._pool[chip]
-        sel = p["t"] < B
-        out = {k: v[sel] for k, v in p.items()}
-        self._pool[chip] = {k: v[~sel] for k, v in p.items()}
+        n = int(np.searchsorted(p["t"], B, side="left"))
+        out = {k: v[:n] for k, v in p.items()}
+        self._pool[chip] = {k: v[n:] for k, v in p.items()}
         return out
 
     def _event_of(self, t: np.ndarray) -> np.ndarray:
@@ -697,3 +759,25 @@ class HitGenerator:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+_warm_lock = threading.Lock()
+_warm = False
+
+
+def warm_up() -> None:
+    """Load (or compile) every numba kernel of the generator once per process, by generating
+    10 ms of a small busy model (clusters, noise, both TDCs, heartbeats, disorder). The first
+    real slice would otherwise take ~0.5 s or more, and a real-time stream would start that far
+    behind the board clock. Thread-safe; later calls return at once."""
+    global _warm
+    with _warm_lock:
+        if _warm:
+            return
+        model = PhysicsModel(hit_rate_hz=100_000, trigger_rate_hz=1000, tdc2_rate_hz=1000,
+                             heartbeat_period_s=0.004, seed=0)
+        st = ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_fine=450))      # some noise hits too
+        gen = HitGenerator(model, [st])
+        gen.slice_end(0, 400_000, 1e9)
+        gen.generate(0, 400_000)
+        _warm = True

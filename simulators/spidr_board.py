@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tpx3lib.errors import ConfigError
 from tpx3lib.spidr.dacs import DAC_NAMES, DACS, Dac
 from tpx3lib.spidr.genconfig import GeneralConfig
 from tpx3lib.spidr.pixels import BYTES_PER_COLUMN, MATRIX_SHAPE, N_COLUMNS, split_pixel_words, unpack_pixel_words
@@ -291,10 +292,13 @@ class SimulatedSpidrBoard:
         The timer's value at start *and after every timer reset* (RESET_TIMER,
         RESTART_TIMERS, T0_SYNC). 0 like a real board; ``2**30 - 2 * 40_000_000``
         starts runs two seconds before the 26.84 s wrap of the 30-bit time.
+    collect_truth:
+        Keep the ground truth of every datagram sent (all shutter openings), for tests:
+        :meth:`truth`. Costs memory proportional to the hits sent.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 50000, n_chips: int = 1, model=None,
-                 start_ticks: int = 0):
+                 start_ticks: int = 0, collect_truth: bool = False):
         if not 1 <= int(n_chips) <= 16:
             raise ValueError("n_chips must be 1..16")
         self.host = host
@@ -322,6 +326,12 @@ class SimulatedSpidrBoard:
         self.connections = 0
         self._generator = None
         self._streamer = None
+        self.collect_truth = bool(collect_truth)
+        self._truth_parts = []                    # truth of finished streamers (collect_truth)
+        #: board time the data side did not generate (no data sent for it), summed over shutter
+        #: openings: to keep up with real time, and at shutter close (UdpDataStreamer.stop_skipped_s)
+        self.skipped_s = 0.0
+        self.stop_skipped_s = 0.0
         self._reset_board_state()
 
     # ------------------------------------------------------------------ state
@@ -415,6 +425,9 @@ class SimulatedSpidrBoard:
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"spidr-sim-accept-{self.port}",
                                           daemon=True)
         self._acceptor.start()
+        # load the generator's numba kernels now, not when the first shutter opens
+        from simulators.physics import warm_up
+        threading.Thread(target=warm_up, name="spidr-sim-warm-up", daemon=True).start()
         log.info("simulated SPIDR board (%d chip(s)) listening on %s:%d", self.n_chips, self.host, self.port)
         return self
 
@@ -658,8 +671,10 @@ class SimulatedSpidrBoard:
     # ------------------------------------------------------------------ data side
     @staticmethod
     def _streamer_counts(streamer) -> list[int]:
-        """Datagrams sent per chip by a streamer."""
-        return [int(c.datagrams) for c in streamer.counters]
+        """Datagrams the board sent per chip: every generated one, including those a
+        ``drop`` fault loses on the way (the network's loss, not the board's), so that
+        board counter minus received shows the loss as on real hardware."""
+        return [int(c.generated_datagrams) for c in streamer.counters]
 
     @staticmethod
     def _streamer_triggers(streamer) -> int:
@@ -675,6 +690,18 @@ class SimulatedSpidrBoard:
     def _triggers_sent(self) -> int:
         live = self._streamer_triggers(self._streamer) if self._streamer is not None else 0
         return self._triggers_before + live
+
+    def truth(self):
+        """Ground truth (:class:`simulators.truth.Truth`) of everything the data side generated,
+        all shutter openings, hits marked with the copies sent; needs ``collect_truth=True``."""
+        from simulators.truth import Truth
+        if not self.collect_truth:
+            raise ConfigError("SimulatedSpidrBoard(collect_truth=True) is needed for truth()")
+        with self._lock:
+            parts = list(self._truth_parts)
+            if self._streamer is not None:
+                parts.append(self._streamer.truth())
+        return Truth.concat(parts)
 
     @property
     def data_faults(self):
@@ -711,7 +738,8 @@ class SimulatedSpidrBoard:
         destinations = []
         for c in self.chips:
             destinations.append((int_to_ip(c.ip_dest), int(c.server_port)))
-        self._streamer = UdpDataStreamer(self._generator, self.clock, destinations, faults=self._data_faults)
+        self._streamer = UdpDataStreamer(self._generator, self.clock, destinations, faults=self._data_faults,
+                                         collect_truth=self.collect_truth)
         self._streamer.start()
         log.info("data-driven readout: streaming to %s", ", ".join(f"{h}:{p}" for h, p in destinations))
 
@@ -723,6 +751,10 @@ class SimulatedSpidrBoard:
             s.close()
         except Exception:  # noqa: BLE001 - the board must stay usable; the failure is logged
             log.exception("the UDP streamer failed while stopping")
+        if self.collect_truth:
+            self._truth_parts.append(s.truth())
+        self.skipped_s += s.skipped_s
+        self.stop_skipped_s += s.stop_skipped_s
         counts = self._streamer_counts(s)
         self._datagrams_before = [a + b for a, b in zip(self._datagrams_before, counts)]
         self._triggers_before += self._streamer_triggers(s)

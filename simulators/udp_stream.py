@@ -4,10 +4,16 @@ A sending thread wakes every ``tick_s``, generates the board time that has passe
 (:class:`simulators.clock.BoardClock`) with a :class:`simulators.physics.HitGenerator`, cuts each
 chip's words into datagrams of ``datagram_words`` 64-bit little-endian words (jumbo frames; no
 header, as the SPIDR sends them) and sends them. A partly filled datagram waits at most
-``flush_s`` before it goes out. ``stop()`` generates up to the moment of stopping, sends
-everything and joins the thread. If generation falls more than ``max_lag_s`` behind the clock
+``flush_s`` before it goes out. A slice covers at most ``max_slice_s`` of board time and is
+expected to hold at most ``max_slice_hits`` pixel hits (shorter inside time-of-flight bursts), so
+generating one never takes long. If generation falls more than ``max_lag_s`` behind the clock
 (rates beyond what the machine can generate), board time is skipped without data; the
 ``skipped_s`` and ``worst_lag_s`` attributes say how much.
+
+``stop()`` returns promptly at any rate: the thread finishes the slice in hand, generates what is
+left up to the moment of stopping only while ``stop_budget_s`` lasts, sends everything generated
+and ends. Board time it had no time to generate is not sent and not in the truth: it is counted in
+``stop_skipped_s`` (and logged). So what was generated is exactly what was sent (faults aside).
 
 Faults (:class:`DataFaults`) are applied per datagram and can be changed while running. Every
 datagram is counted: generated = sent - duplicated + dropped, per chip (:class:`ChipCounters`).
@@ -30,7 +36,7 @@ import numpy as np
 from tpx3lib.errors import ConfigError
 
 from .clock import TICKS_PER_SECOND, BoardClock
-from .physics import HitGenerator
+from .physics import HitGenerator, warm_up
 from .truth import Truth
 
 __all__ = ["DataFaults", "ChipCounters", "UdpDataStreamer", "check_loopback", "DEFAULT_DATAGRAM_WORDS"]
@@ -242,7 +248,8 @@ class UdpDataStreamer:
     def __init__(self, generator: HitGenerator, clock: BoardClock, destinations: list[tuple[str, int]],
                  faults: DataFaults | None = None, *, datagram_words: int = DEFAULT_DATAGRAM_WORDS,
                  tick_s: float = 0.002, flush_s: float = 0.01, max_slice_s: float = 0.01,
-                 max_lag_s: float = 1.0, collect_truth: bool = False):
+                 max_lag_s: float = 1.0, collect_truth: bool = False, max_slice_hits: int = 100_000,
+                 stop_budget_s: float = 0.2):
         if not 1 <= datagram_words <= 8191:
             raise ConfigError("datagram_words must be in 1..8191 (UDP payload < 64 kB)")
         self.generator = generator
@@ -253,6 +260,10 @@ class UdpDataStreamer:
         self.flush_s = float(flush_s)
         self.max_slice_ticks = max(1, int(max_slice_s * TICKS_PER_SECOND))
         self.max_lag_ticks = max(1, int(max_lag_s * TICKS_PER_SECOND))
+        if max_slice_hits < 1 or stop_budget_s < 0:
+            raise ConfigError("max_slice_hits must be >= 1 and stop_budget_s >= 0")
+        self.max_slice_hits = int(max_slice_hits)
+        self.stop_budget_s = float(stop_budget_s)
         self.collect_truth = bool(collect_truth)
         self._faults = faults
         self._rng = np.random.default_rng(faults.seed if faults else 0)
@@ -265,6 +276,8 @@ class UdpDataStreamer:
         self._truth_parts: list[Truth] = []
         self.worst_lag_s = 0.0                 # how far generation fell behind real time
         self.skipped_s = 0.0                   # board time skipped (no data) to catch up, see _step
+        self.stop_skipped_s = 0.0              # board time not generated at stop (budget spent), see _finish
+        self._stop_tick: int | None = None     # board time of the stop request
         self.slices = 0
         self.error: BaseException | None = None
 
@@ -314,17 +327,23 @@ class UdpDataStreamer:
         """Start streaming from the clock's current time (again after a stop: a new run)."""
         if self.running:
             return
+        warm_up()               # the kernels' first load must not put the stream behind the clock
         self._stop.clear()
+        self._stop_tick = None
         self._last = self.clock.now_ticks()
         self.error = None
         self._thread = threading.Thread(target=self._run, name="tpx3-sim-udp", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop: generate up to now, send everything pending and wait for the thread to end."""
+        """Stop: generate up to now (within ``stop_budget_s``; the rest is counted in
+        ``stop_skipped_s``), send everything generated and wait for the thread to end.
+        Returns within about the budget plus one slice's generation, whatever the rate."""
         t = self._thread
         if t is None:
             return
+        if self._stop_tick is None:
+            self._stop_tick = self.clock.now_ticks()
         self._stop.set()
         t.join(timeout)
         if t.is_alive():
@@ -398,13 +417,56 @@ class UdpDataStreamer:
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.tick_s):
-                self._step(force=False)
-            self._step(force=True)
+                self._step()
+            self._finish()
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             log.exception("UDP streamer failed")
             self.error = exc
 
-    def _step(self, force: bool) -> None:
+    def _generate_until(self, end_tick: int, deadline: float | None = None,
+                        max_slice_ticks: int | None = None) -> None:
+        """Generate and send slices from ``_last`` up to ``end_tick``. Without a ``deadline`` (running):
+        return early when a stop is requested or when generation has fallen more than ``max_lag_s``
+        behind the clock (the next step skips). With one (stopping): return at that monotonic time."""
+        while self._last < end_tick:
+            if deadline is None:
+                if self._stop.is_set() or self.clock.now_ticks() - self._last > self.max_lag_ticks:
+                    return
+            elif time.monotonic() >= deadline:
+                return
+            end = min(end_tick, self._last + (max_slice_ticks or self.max_slice_ticks))
+            end = self.generator.slice_end(self._last, end, self.max_slice_hits)
+            sl = self.generator.generate(self._last, end)
+            self._last = end
+            self.slices += 1
+            self._release(sl)
+            self._pump(force=False)
+
+    def _pump(self, force: bool) -> None:
+        t = time.monotonic()
+        faults = self._faults
+        with self._lock:
+            for s in self._senders:
+                s.pump(faults, self._rng, force, t, self.flush_s)
+
+    def _finish(self) -> None:
+        """After a stop request: generate up to the stop time while the budget lasts, count the
+        board time left over, send everything generated."""
+        stop_tick = self._stop_tick if self._stop_tick is not None else self.clock.now_ticks()
+        if stop_tick < self._last or stop_tick - self._last > 60 * TICKS_PER_SECOND:
+            stop_tick = self._last        # the timer was reset or set: nothing to generate
+        # no delivery latency to keep now: slices as long as their expected hits allow
+        self._generate_until(stop_tick, deadline=time.monotonic() + self.stop_budget_s,
+                             max_slice_ticks=max(self.max_slice_ticks, TICKS_PER_SECOND // 10))
+        if self._last < stop_tick:
+            left = (stop_tick - self._last) / TICKS_PER_SECOND
+            self.stop_skipped_s += left
+            log.warning("stop: %.3f s of board time before the stop not generated (no time left); "
+                        "it is not in the stream nor in the truth", left)
+            self._last = stop_tick
+        self._pump(force=True)
+
+    def _step(self) -> None:
         now = self.clock.now_ticks()
         if now < self._last or now - self._last > 60 * TICKS_PER_SECOND:
             # the timer was reset or set: continue from the new value (nothing to generate for the jump)
@@ -418,18 +480,9 @@ class UdpDataStreamer:
             log.warning("generation %.2f s behind real time: skipping %.2f s of board time",
                         (now - self._last) / TICKS_PER_SECOND, skip / TICKS_PER_SECOND)
             self._last += skip
-        while self._last < now:
-            end = min(now, self._last + self.max_slice_ticks)
-            sl = self.generator.generate(self._last, end)
-            self._last = end
-            self.slices += 1
-            self._release(sl)
+        self._generate_until(now)
         self.worst_lag_s = max(self.worst_lag_s, (self.clock.now_ticks() - now) / TICKS_PER_SECOND)
-        t = time.monotonic()
-        faults = self._faults
-        with self._lock:
-            for s in self._senders:
-                s.pump(faults, self._rng, force, t, self.flush_s)
+        self._pump(force=False)
 
     def _release(self, sl) -> None:
         faults = self._faults

@@ -85,3 +85,16 @@ def test_argument_errors(capsys):
     assert main(["sim", "--write", "x.raw"]) == 2
     assert main(["sim", "--chips", "0"]) == 2
     assert "--write" in capsys.readouterr().err
+
+
+def test_serve_defaults_are_the_issues():
+    import argparse
+    from tpx3lib.commands import sim
+    p = argparse.ArgumentParser()
+    sim.add_arguments(p)
+    a = p.parse_args([])
+    assert (a.host, a.port, a.chips) == ("127.0.0.1", 50000, 1)     # loopback, SPIDR port 50000, one chip
+    m = sim._model(a)
+    assert m.trigger_rate_hz == 10.0                                # TDC1 at 10 Hz, like European XFEL trains
+    m = sim._model(p.parse_args(["--rate", "5", "--trigger-rate", "2"]))
+    assert (m.hit_rate_hz, m.trigger_rate_hz) == (5.0, 2.0)

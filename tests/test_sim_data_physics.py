@@ -193,7 +193,7 @@ def test_masked_pixels_never_fire():
     mask = np.zeros((256, 256), bool)
     mask[100:140, 50:200] = True
     mask[::7, :] = True
-    st = ChipState(mask=mask)
+    st = ChipState(mask=mask, dacs=dict(DAC_DEFAULTS, Vthreshold_fine=440))   # 500 e: hot pixels fire
     gen = HitGenerator(PhysicsModel(hit_rate_hz=100_000, seed=9, hot_pixel_fraction=0.005), [st])
     _, truth = run(gen, 0, 0.3)
     h = truth.hits
@@ -201,9 +201,9 @@ def test_masked_pixels_never_fire():
     assert not np.any(mask[h["x"], h["y"]])
 
 
-def _noise_hits(fine, seconds=0.2, **kw):
+def _noise_hits(fine, seconds=0.2, coarse=6, **kw):
     st = ChipState()
-    st.dacs["Vthreshold_fine"] = fine
+    st.dacs.update(Vthreshold_coarse=coarse, Vthreshold_fine=fine)
     gen = HitGenerator(quiet(seed=10, **kw), [st])
     _, truth = run(gen, 0, seconds, n_slices=1)
     assert np.all(truth.hits["cluster"] == -1)
@@ -211,21 +211,140 @@ def _noise_hits(fine, seconds=0.2, **kw):
 
 
 def test_noise_rises_as_threshold_falls():
-    counts = [_noise_hits(f) for f in (420, 395, 390, 386)]   # 700, 450, 400, 360 electrons
+    # hole collection: the threshold is (baseline 1450 - 160 * coarse - fine) * 10 e, so raising
+    # the DAC towards the baseline lowers the threshold
+    counts = [_noise_hits(f) for f in (420, 440, 445, 450, 454)]   # 700, 500, 450, 400, 360 electrons
     assert counts[0] == 0                                    # 10 sigma: silent
     assert all(a < b for a, b in zip(counts, counts[1:])), counts
     assert counts[-1] > 5000
     # and with the coarse DAC: one coarse step is 160 fine steps
     st = ChipState()
-    st.dacs.update(Vthreshold_coarse=5, Vthreshold_fine=420 + 160 - 40)
+    st.dacs.update(Vthreshold_coarse=7, Vthreshold_fine=420 - 160 + 40)
     assert HitGenerator(quiet(), [st]).model.threshold_e(st) == PhysicsModel().threshold_e(ChipState()) - 400
 
 
-def test_hot_pixels_are_the_noise_at_default_threshold():
-    gen = HitGenerator(quiet(hot_pixel_fraction=2e-4, seed=11))
+def test_hot_pixels_fire_first_as_the_threshold_falls():
+    # at 600 e (fine 430) only the ~13 hot pixels (200 e lower) fire; the others stay silent
+    gen = HitGenerator(quiet(hot_pixel_fraction=2e-4, seed=11), [ChipState(dacs=dict(DAC_DEFAULTS,
+                                                                                      Vthreshold_fine=430))])
     _, truth = run(gen, 0, 0.5, n_slices=1)
     pix = np.unique(truth.hits["x"].astype(int) * 256 + truth.hits["y"])
-    assert 1 <= len(pix) <= 40 and len(truth.hits) > 100
+    assert 1 <= len(pix) <= 40
+    assert _noise_hits(430, seconds=0.5) == 0                    # without hot pixels: nothing
+
+
+# ---- the threshold DACs (spec 2: Vthreshold_fine 0..511 in 0.5 mV steps, Vthreshold_coarse 0..15 in 80 mV
+# steps, i.e. 160 fine steps; GENCONFIG bit 0 = polarity, 0 positive = holes, as the SoPhy fixture).
+# Hand-worked: threshold (holes) = (1450 - 160 * coarse - fine) * 10 e.
+
+#: Vthreshold_coarse / Vthreshold_fine of the real SoPhy fixture (shared/fixtures/README)
+FIXTURE_COARSE, FIXTURE_FINE = 6, 150
+
+
+def _rice_chip_rate(thr_e, m=PhysicsModel()):
+    """The documented chip noise rate for a uniform threshold (no dispersion, no hot pixels):
+    65536 * min(f0 * exp(-thr^2 / (2 noise^2)), max_pixel_rate), capped at max_noise_rate."""
+    per_pixel = min(m.noise_f0_hz * np.exp(-0.5 * (max(thr_e, 0.0) / m.noise_e) ** 2), m.max_pixel_rate_hz)
+    return min(65536 * per_pixel, m.max_noise_rate_hz)
+
+
+def test_threshold_direction_holes_and_electrons():
+    m = PhysicsModel()
+    fixture = ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_coarse=FIXTURE_COARSE, Vthreshold_fine=FIXTURE_FINE))
+    assert m.threshold_e(fixture) == (1450 - 960 - 150) * 10 == 3400          # hole collection
+    assert m.threshold_e(ChipState()) == (1450 - 960 - 420) * 10 == 700        # defaults 6 / 420
+    # holes: raising the DAC towards the baseline lowers the threshold; beyond it, it is negative
+    thr = [m.threshold_e(ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_fine=f))) for f in (150, 420, 480, 490, 500)]
+    assert thr == [3400, 700, 100, 0, -100]
+    # electrons (GENCONFIG polarity 1): mirrored, the threshold rises with the DAC
+    el = [m.threshold_e(ChipState(polarity=1, dacs=dict(DAC_DEFAULTS, Vthreshold_coarse=7, Vthreshold_fine=f)))
+          for f in (330, 400, 511)]
+    assert el == [0, 700, 1810]
+    assert m.threshold_e(dataclasses.replace(fixture, polarity=1)) == -3400    # wrong side: all noise
+
+
+def test_fixture_dacs_give_a_quiet_chip(data_dir):
+    from tpx3lib.config import load_spx
+    cfg = load_spx(data_dir / "W0028_H06_50V.spx")
+    assert (cfg.dacs["Vthreshold_coarse"], cfg.dacs["Vthreshold_fine"]) == (FIXTURE_COARSE, FIXTURE_FINE)
+    st = ChipState(mask=cfg.mask.copy(), dacs=dict(cfg.dacs))
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=0.0, trigger_rate_hz=0.0, seed=20), [st])   # default noise, hot pixels
+    assert gen.derived(0).noise_rate_hz < 1.0
+    _, truth = run(gen, 0, 5.0, n_slices=5)
+    assert len(truth.hits) <= 10                        # "a few noise hits per second at most": here none expected
+
+
+def test_default_dacs_give_a_quiet_chip():
+    from simulators.spidr_board import SimulatedSpidrBoard
+    board_state = SimulatedSpidrBoard(port=0).chip_state(0)      # what the board powers up with (not started)
+    assert (board_state.dacs["Vthreshold_coarse"], board_state.dacs["Vthreshold_fine"]) == (6, 420)
+    assert board_state.polarity == 0
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=0.0, trigger_rate_hz=0.0, seed=21), [board_state])
+    assert gen.derived(0).noise_rate_hz < 1.0
+    _, truth = run(gen, 0, 5.0, n_slices=5)
+    assert len(truth.hits) <= 10
+
+
+def test_noise_ramps_steeply_as_the_threshold_nears_the_baseline():
+    fines = list(range(420, 521, 5))                     # 700 e down to the baseline (fine 490) and past it
+    rates = []
+    for f in fines:
+        st = ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_fine=f))
+        gen = HitGenerator(quiet(threshold_dispersion_e=0.0), [st])
+        thr = (1450 - 960 - f) * 10
+        rates.append(gen.derived(0).noise_rate_hz)
+        assert rates[-1] == pytest.approx(_rice_chip_rate(thr), rel=1e-9, abs=1e-12)
+    assert all(a <= b for a, b in zip(rates, rates[1:]))          # monotonic towards the baseline
+    r = dict(zip(fines, rates))
+    assert r[420] < 1e-6 and r[440] > 0.1 and r[450] > 1e3 and r[460] > 1e6   # 700, 500, 400, 300 e
+    assert all(r[f + 5] > 5 * r[f] for f in range(420, 460, 5))    # steep: x5 or more per 50 e
+    assert r[490] == r[520] == 80e6                                 # at/after the baseline: readout limit
+    # and the generated noise hits follow: counts in a slice agree with rate * time (Poisson)
+    for f in (450, 455, 460):
+        st = ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_fine=f))
+        gen = HitGenerator(quiet(threshold_dispersion_e=0.0, seed=f), [st])
+        seconds = min(1.0, 2e5 / r[f])
+        _, truth = run(gen, 0, seconds, n_slices=1)
+        expect = r[f] * int(seconds * S) / S
+        assert abs(len(truth.hits) - expect) < 5 * np.sqrt(expect) + 2, (f, len(truth.hits), expect)
+    # with dispersion and hot pixels (the defaults) the ramp is still monotonic
+    full = [HitGenerator(quiet(hot_pixel_fraction=2e-4), [ChipState(dacs=dict(DAC_DEFAULTS, Vthreshold_fine=f))])
+            .derived(0).noise_rate_hz for f in fines]
+    assert all(a <= b for a, b in zip(full, full[1:]))
+
+
+def test_masked_pixels_stay_silent_in_a_noise_flood(data_dir):
+    from tpx3lib.config import load_spx
+    mask = load_spx(data_dir / "W0028_H06_50V.spx").mask.copy()       # its 160 masked pixels
+    st = ChipState(mask=mask, dacs=dict(DAC_DEFAULTS, Vthreshold_fine=490))   # threshold at the baseline
+    gen = HitGenerator(quiet(), [st])
+    assert gen.derived(0).noise_rate_hz == 80e6
+    _, truth = run(gen, 0, 0.004, n_slices=2)
+    h = truth.hits
+    assert len(h) > 200_000
+    assert not np.any(mask[h["x"], h["y"]])
+    fired = np.zeros((256, 256), bool)
+    fired[h["x"], h["y"]] = True
+    assert fired[~mask].mean() > 0.9                    # everything else fires
+
+
+def test_slice_end_keeps_slices_small_inside_tof_bursts():
+    # 1 M clusters/s, 80 % of them in ToF peaks after 10 Hz triggers: 80 k clusters per trigger
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=1_000_000, trigger_rate_hz=10, seed=24))
+    t, end, limit = 0, int(0.25 * S), 20_000
+    parts, lengths = [], []
+    while t < end:
+        e = gen.slice_end(t, min(end, t + S // 100), limit)
+        assert t < e <= min(end, t + S // 100)
+        parts.append(gen.generate(t, e))
+        lengths.append(e - t)
+        t = e
+    n = np.array([p.n_hits for p in parts])
+    assert n.max() <= 2 * limit, n.max()                    # an expectation, so some room: never 10x
+    assert min(lengths) < S // 1000                          # inside the bursts slices shrank below 1 ms
+    assert max(lengths) == S // 100                          # between them they stay 10 ms long
+    words = np.concatenate([p.words[0] for p in parts])
+    assert_decodes_to_truth(words, Truth.concat([p.truth for p in parts]))   # still one continuous stream
 
 
 def test_fifo_disorder_about_a_quarter_backwards():
@@ -259,7 +378,7 @@ def test_chip_state_changes_take_effect_between_slices():
     states = [ChipState()]
     gen = HitGenerator(quiet(hot_pixel_fraction=0.0), lambda i: states[i], n_chips=1)
     assert len(gen.generate(0, S // 10).truth.hits) == 0
-    states[0] = dataclasses.replace(states[0], dacs=dict(DAC_DEFAULTS, Vthreshold_fine=390))
+    states[0] = dataclasses.replace(states[0], dacs=dict(DAC_DEFAULTS, Vthreshold_fine=450))   # 400 e
     assert len(gen.generate(S // 10, S // 5).truth.hits) > 100
     states[0].mask[:] = True                                 # in-place mask change
     assert len(gen.generate(S // 5, S // 5 + S // 10).truth.hits) == 0
@@ -267,7 +386,8 @@ def test_chip_state_changes_take_effect_between_slices():
 
 def test_polarity_bias_mode_and_disabled_chips():
     m = PhysicsModel(hit_rate_hz=20_000, hot_pixel_fraction=0.0, seed=14)
-    wrong = ChipState(polarity=1)
+    # electron collection front end (threshold 700 e above the baseline) on a hole-collecting sensor
+    wrong = ChipState(polarity=1, dacs=dict(DAC_DEFAULTS, Vthreshold_coarse=7, Vthreshold_fine=400))
     nobias = ChipState(bias_enabled=False)
     toa_only = ChipState(operation_mode=2)
     itot = ChipState(operation_mode=4)

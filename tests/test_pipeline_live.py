@@ -352,3 +352,25 @@ def test_high_level_api_polls_what_the_live_pipeline_delivers(sim):
     assert set(trig["chip"]) == {0, 1}            # both chips' streams arrived and were decoded
     n_rising = int(np.count_nonzero((trig["tdc"] == 1) & (trig["rising"] == 1)))
     assert n_rising == pipe.counters()["totals"]["triggers"] // 2 > 0
+
+
+def test_disk_full_is_a_clear_recording_error_and_the_run_goes_on():
+    """/dev/full fails every write with ENOSPC: a real disk-full, no mock. (A disk that fills
+    up mid-recording is tested on the recorder itself, tests/test_capture_recorder.py.)"""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    from tpx3lib.files.exceptions import RawWriteError
+    sink = Collect()
+    pipe = LivePipeline(chips=[0], ports=[0], sinks=[sink], capture_options=RING,
+                        processing=ProcessingConfig(products=("pixels",)))
+    pipe.start()
+    try:
+        with pytest.raises(RawWriteError, match="disk full"):
+            pipe.start_recording("/dev/full")
+        assert not pipe.recording and pipe.state is PipelineState.RUNNING
+        st = stream(pipe, 0.5)
+    finally:
+        summary = pipe.stop()
+    assert pipe.state is PipelineState.IDLE
+    assert summary["chips"][0]["capture"]["datagrams"] == st.counters[0].datagrams   # nothing lost
+    np.testing.assert_array_equal(hit_keys(sink.get(0, "pixels")), hit_keys(st.truth().hits))

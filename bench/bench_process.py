@@ -1,8 +1,12 @@
 """Benchmark of offline processing (``tpx3 process``) and of the native raw file writer/reader.
 
 A simulator-written pymepix file (``simulators.files.write_simulated_file``, default
-50 M hits) is processed to the pymepix HDF5 layout with 1 and 2 workers, with lzf
-(default) and without compression, and once with centroiding. Printed:
+50 M hits, kept in ``.cache/bench_process/`` and reused) is processed end to end
+(``process_files``: read, decode, events, write) to the pymepix HDF5 layout with 1 and
+2 workers, with lzf (default), gzip and without compression, with a narrow event
+window, once with centroiding, and to the exdf layout. Each run is repeated
+(``--repeat``): the value is the best, the note gives the range (the machine is shared).
+Printed:
 
     BENCH <name> <value> <unit> [ratio_to_<baseline> <r>]
 
@@ -11,7 +15,7 @@ Baselines measured in the same run on the same file: reading its words
 the ratios say how much of the machine's read/decode speed processing keeps.
 The native raw writer is compared with ``memcpy`` of the same bytes.
 
-    python bench/bench_process.py [--hits 50000000] [--keep DIR] [--no-centroid]
+    python bench/bench_process.py [--hits 50000000] [--repeat 3] [--keep DIR] [--no-centroid] [--quick]
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tpx3lib.decode import StreamDecoder                    # noqa: E402
 from tpx3lib.files import open_raw                          # noqa: E402
 from tpx3lib.process import ProcessOptions, process_files   # noqa: E402
+
+
+_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".cache", "bench_process")
 
 
 def bench(name: str, value: float, unit: str, ratio: tuple[str, float] | None = None, note: str = "") -> None:
@@ -100,21 +107,27 @@ def bench_raw_writer(tmp: str, mbytes: int = 512) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hits", type=int, default=50_000_000, help="hits in the simulated file (default 50 M)")
-    p.add_argument("--keep", metavar="DIR", help="write the files here and keep them (reused if present)")
+    p.add_argument("--keep", metavar="DIR", default=_CACHE,
+                   help=f"where the simulated file is kept and reused (default {_CACHE})")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each case (best and range are printed)")
+    p.add_argument("--quick", action="store_true", help="only the w1 and w2 runs")
     p.add_argument("--no-centroid", action="store_true", help="skip the centroiding run")
     p.add_argument("--no-writer", action="store_true", help="skip the raw writer benchmark")
     args = p.parse_args(argv)
 
-    tmp = args.keep or tempfile.mkdtemp(prefix="bench_process_")
-    os.makedirs(tmp, exist_ok=True)
+    cache = os.path.abspath(args.keep)
+    os.makedirs(cache, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="bench_process_")
     try:
-        if not args.no_writer:
+        if not args.no_writer and not args.quick:
             bench_raw_writer(tmp)
-        src = os.path.join(tmp, f"sim_{args.hits}.raw")
+        src = os.path.join(cache, f"sim_{args.hits}.raw")
         if not os.path.exists(src):
             from simulators.files import write_simulated_file
             t0 = time.perf_counter()
-            info = write_simulated_file(src, args.hits, fmt="pymepix", seed=1)
+            info = write_simulated_file(src + ".part", args.hits, fmt="pymepix", seed=1,
+                                        stamp_ns=1_700_000_000_000_000_000)
+            os.replace(src + ".part", src)
             print(f"# simulated {info['n_hits']:,} hits, {info['n_bytes'] / 2**20:.0f} MiB, "
                   f"{info['duration_s']:.1f} s of data in {time.perf_counter() - t0:.0f} s", flush=True)
         size = os.path.getsize(src)
@@ -134,29 +147,38 @@ def main(argv=None) -> int:
 
         warm = os.path.join(tmp, "warm.raw")          # load every kernel before timing anything
         np.fromfile(src, np.uint64, count=200_000).tofile(warm)
-        process_files(warm, os.path.join(tmp, "warm.h5"), ProcessOptions(centroid=True), overwrite=True)
+        for i, kw in enumerate((dict(centroid=True), dict(compression="gzip", workers=2), dict(layout="exdf"))):
+            process_files(warm, os.path.join(tmp, f"warm{i}.out"), ProcessOptions(**kw), overwrite=True)
 
-        runs = [("w1", dict(workers=1)), ("w2", dict(workers=2)),
-                ("w1_nocompress", dict(workers=1, compression="none")),
-                ("w2_nocompress", dict(workers=2, compression="none"))]
-        runs.append(("w2_window10us", dict(workers=2, event_window_s=(0.0, 10e-6))))   # few events: decode-bound
-        if not args.no_centroid:
-            runs.append(("w2_centroid", dict(workers=2, centroid=True, cluster={"method": "components"})))
-        out = os.path.join(tmp, "out.h5")
+        runs = [("w1", dict(workers=1)), ("w2", dict(workers=2))]
+        if not args.quick:
+            runs += [("w1_nocompress", dict(workers=1, compression="none")),
+                     ("w2_nocompress", dict(workers=2, compression="none")),
+                     ("w2_gzip", dict(workers=2, compression="gzip")),
+                     ("w2_window10us", dict(workers=2, event_window_s=(0.0, 10e-6))),    # few events
+                     ("w2_exdf_lzf", dict(workers=2, layout="exdf", compression="lzf"))]
+            if not args.no_centroid:
+                runs.append(("w2_centroid", dict(workers=2, centroid=True, cluster={"method": "components"})))
         for name, kw in runs:
-            with PeakRSS() as mem:
-                s = process_files(src, out, ProcessOptions(**kw), overwrite=True)
-            rate = s.hits_per_second
+            out = os.path.join(tmp, "out.exdf" if kw.get("layout") == "exdf" else "out.h5")
+            rates, mems = [], []
+            for _ in range(max(1, args.repeat)):
+                with PeakRSS() as mem:
+                    s = process_files(src, out, ProcessOptions(**kw), overwrite=True)
+                rates.append(s.hits_per_second)
+                mems.append(mem.peak)
+            out_size = (sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out)) if os.path.isdir(out)
+                        else os.path.getsize(out))
+            rate = max(rates)
             bench(f"process_{name}", rate / 1e6, "Mhits/s", ("decode", rate / decode_rate),
-                  note=f"{s.pixels:,} hits, {s.events:,} events, {s.centroids:,} centroids, "
-                       f"{s.seconds:.1f} s, peak RSS {mem.peak / 2**20:.0f} MiB, "
-                       f"output {os.path.getsize(out) / 2**20:.0f} MiB")
+                  note=f"range {min(rates) / 1e6:.1f}..{rate / 1e6:.1f} over {len(rates)} runs; "
+                       f"{s.pixels:,} hits, {s.events:,} events, {s.centroids:,} centroids, "
+                       f"peak RSS {max(mems) / 2**20:.0f} MiB, output {out_size / 2**20:.0f} MiB")
             if s.warnings:
                 print("# warnings: " + "; ".join(s.warnings), flush=True)
-        os.remove(out)
+            shutil.rmtree(out, ignore_errors=True) if os.path.isdir(out) else os.remove(out)
     finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -58,7 +58,7 @@ def test_errors_are_messages(case, raw, tmp_path, capsys):
     elif case == "window":
         extra, want = ["--event-window", "1", "0"], "event window"
     else:
-        extra, want = ["--layout", "exdf"], "not available"
+        extra, want = ["--layout", "exdf", "--run", "12345"], "run number must be in 0..9999"
     assert main(["process", *args, "-o", str(out), "--no-progress", *extra]) == 1
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err

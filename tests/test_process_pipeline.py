@@ -132,6 +132,20 @@ def test_segments_and_workers_give_identical_files(synth, tmp_path, centroid):
             assert np.array_equal(tables[k], base[k]), (name, k)
 
 
+def test_wide_segments_use_the_argsort_path_with_the_same_result(synth, tmp_path, monkeypatch):
+    """Segments whose ToA range does not fit the sort keys select by index and argsort: same file."""
+    import tpx3lib.process.segment as segment
+    path = synth[0]
+    a, b = tmp_path / "keys.h5", tmp_path / "argsort.h5"
+    process_files(path, a, ProcessOptions(centroid=True, **SMALL))
+    monkeypatch.setattr(segment, "_KEY_BITS", 8)          # no segment fits: always the fallback
+    process_files(path, b, ProcessOptions(centroid=True, **SMALL))
+    ta, tb = _tables(a), _tables(b)
+    assert ta.keys() == tb.keys() and ta["raw/x"].size > 30_000
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+
+
 def test_same_as_the_live_pipeline(synth, tmp_path):
     """Offline output == ChipProcessor (what the live pipeline runs) fed the same words in chunks."""
     from tpx3lib.cluster import TimewalkTable

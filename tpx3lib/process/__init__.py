@@ -2,8 +2,9 @@
 
 :func:`process_files` streams the input through the pipeline's decode, event
 and clustering stages in segments (see :mod:`.plan`), in parallel if asked,
-and writes a layout (:mod:`.pymepix_layout`; the interface for others is
-:class:`.output.OutputWriter`).
+and writes a layout: :mod:`.pymepix_layout` (one file, pymepix's names) or
+:mod:`.exdf_layout` (a European XFEL run directory); the interface is
+:class:`.output.OutputWriter`. docs/process.md describes both.
 """
 from .options import ProcessOptions
 from .output import LAYOUTS, OutputWriter, writer_class

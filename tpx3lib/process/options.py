@@ -19,7 +19,8 @@ def seconds_to_units(seconds: float) -> int:
 class ProcessOptions:
     """What to compute and how.
 
-    layout: output layout name (``"pymepix"``; ``"exdf"`` once its writer exists).
+    layout: output layout name: ``"pymepix"`` (one HDF5 file) or ``"exdf"`` (a European XFEL
+        run directory, see :mod:`.exdf_layout`).
     chip: which chip of a multi-chip recording (None: the only one).
     event_window_s: inclusive (min, max) time of flight in s; None keeps every
         pixel after the first trigger.
@@ -40,9 +41,15 @@ class ProcessOptions:
     cluster_margin_s: time beyond a segment's own time range whose hits are
         clustered with it (must exceed the longest cluster).
     compression: HDF5 filter: ``"lzf"`` (fast, in every h5py), ``"gzip"`` (every
-        HDF5 reader) or ``"none"``.
+        HDF5 reader) or ``"none"``; None: the layout's default (pymepix lzf, exdf gzip).
     allow_damaged: process what can be read from truncated or damaged input
         (reported in the output) instead of refusing it.
+    swmr: pymepix layout: write the file in SWMR mode under its final name, so readers
+        can follow it while it grows.
+    run, proposal, train_id_start, sequence_bytes, exdf_source, aggregator: exdf layout:
+        run number (0..9999), proposal number, train ID of the first trigger (None: the
+        raw header's ``trigger.first_train_id``, else 1), payload bytes per sequence file,
+        instrument source name, aggregator (file name part).
     """
 
     layout: str = "pymepix"
@@ -58,9 +65,16 @@ class ProcessOptions:
     segment_words: int = 1 << 20
     margin_words: int = 1 << 16
     cluster_margin_s: float = 100e-6
-    compression: str = "lzf"
+    compression: str | None = None
     allow_damaged: bool = False
     orientation: str = "up"
+    swmr: bool = False
+    run: int = 1
+    proposal: int = 0
+    train_id_start: int | None = None
+    sequence_bytes: int = 1 << 30
+    exdf_source: str = "TPX3/CAM/1:daqOutput"
+    aggregator: str = "TPX01"
 
     def __post_init__(self):
         if self.event_window_s is not None:
@@ -81,6 +95,11 @@ class ProcessOptions:
         if not 1 <= int(self.workers) <= 256:
             raise ConfigError(f"workers must be 1..256, not {self.workers}")
         self.workers = int(self.workers)
+        from .output import LAYOUTS
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown output layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
+        if self.compression is None:
+            self.compression = "gzip" if self.layout == "exdf" else "lzf"
         if self.compression not in ("lzf", "gzip", "none"):
             raise ConfigError(f"compression must be lzf, gzip or none, not {self.compression!r}")
         if self.margin_words < 1024:
@@ -90,6 +109,13 @@ class ProcessOptions:
                               f"({self.margin_words})")
         if not self.cluster_margin_s > 0:
             raise ConfigError("cluster_margin_s must be > 0")
+        if self.swmr and self.layout != "pymepix":
+            raise ConfigError("SWMR writing is for the pymepix layout (a run directory is read when complete)")
+        self.run = _integer("run number", self.run, 0, 9999)
+        self.proposal = _integer("proposal number", self.proposal, 0, 2**32 - 1)
+        if self.train_id_start is not None:
+            self.train_id_start = _integer("start train ID", self.train_id_start, 1, 2**63 - 1)
+        self.sequence_bytes = _integer("sequence file size", self.sequence_bytes, 1, 2**63 - 1)
 
     def cluster_params(self):
         """The :class:`~tpx3lib.cluster.ClusterParams` to use (validated)."""
@@ -101,3 +127,12 @@ class ProcessOptions:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _integer(what: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ConfigError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{what} must be in {lo}..{hi}, not {value}")
+    return value

@@ -22,11 +22,19 @@ dataset                     dtype   unit    meaning
 
 Every dataset carries ``unit`` and ``description`` attributes. ``/source``
 holds the source file header (JSON) and the root attributes say how the file
-was made (options, counters). Datasets are 1-D, resizable, chunked and
-compressed (lzf by default: every h5py reads it; gzip on request for other
-HDF5 readers). Differences from pymepix, on purpose: event numbers default to
+was made (options, counters). Datasets are 1-D, resizable, chunked (65536 rows)
+and compressed (lzf + shuffle by default: every h5py reads it; gzip on request
+for other HDF5 readers): chunks are encoded by the workers and written whole
+(:mod:`.h5chunks`). Differences from pymepix, on purpose: event numbers default to
 the hardware trigger counter (``--trigger-numbers sequence`` gives pymepix's
 0, 1, 2 ...); hits before the first heartbeat are kept, not dropped.
+
+SWMR (``swmr=True`` / ``--swmr``): the file is written in HDF5's latest format
+with SWMR on after the datasets are made, directly under its final name, and
+flushed after every batch of whole chunks, so ``h5py.File(path, "r", swmr=True)``
+can follow it while it grows (``dataset.refresh()``). Every table is created at
+the start (``/centroided`` only with centroiding); the root ``counters`` attribute
+is added when the run ends (SWMR allows no new attributes while writing).
 """
 from __future__ import annotations
 
@@ -40,6 +48,8 @@ from tpx3lib import __version__
 from tpx3lib.dtypes import toa_seconds
 from tpx3lib.errors import ConfigError
 
+from .h5chunks import ColumnTable
+from .kernels import pymepix_event_columns
 from .output import OutputWriter
 
 __all__ = ["PymepixWriter", "CHUNK_ROWS"]
@@ -64,64 +74,16 @@ _TIMING = [("trigger nr", "i8", "", "event number of the trigger"),
 _TRIGGER = [("time", "f8", "s", "edge time on the camera clock; rising edges > 0, falling edges < 0")]
 
 
-class _Table:
-    """A group of 1-D resizable datasets appended to together, buffered to whole chunks."""
+def _columns(spec):
+    return [(name, dtype, {"unit": unit, "description": desc}) for name, dtype, unit, desc in spec]
 
-    def __init__(self, parent: h5py.Group, name: str, columns, description: str, compression: str):
-        self.parent, self.name, self.columns = parent, name, columns
-        self.description = description
-        self.compression = None if compression == "none" else compression
-        self.group: h5py.Group | None = None
-        self._buf: list[dict] = []
-        self._buffered = 0
-        self.rows = 0
 
-    def _create(self) -> None:
-        g = self.parent.get(self.name)
-        if g is None:     # track_order: columns keep the layout's order when read back
-            g = self.parent.create_group(self.name, track_order=True)
-        g.attrs["description"] = self.description
-        for col, dtype, unit, desc in self.columns:
-            opts = {"compression": self.compression} if self.compression else {}
-            if self.compression:
-                opts["shuffle"] = np.dtype(dtype).itemsize > 1
-            ds = g.create_dataset(col, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK_ROWS,), **opts)
-            ds.attrs["unit"] = unit
-            ds.attrs["description"] = desc
-        self.group = g
+class _Prepared(dict):
+    """A segment's rows in the layout's dtypes (made in the worker)."""
 
-    def append(self, **cols) -> None:
-        """Add rows (one array per column); whole chunks are written, the rest is buffered."""
-        n = len(next(iter(cols.values())))
-        if n == 0:
-            return
-        self._buf.append(cols)
-        self._buffered += n
-        if self._buffered >= CHUNK_ROWS:
-            self._write(whole_chunks=True)
-
-    def flush(self, create_empty: bool = False) -> None:
-        """Write everything buffered (at the end)."""
-        if self.group is None and (self._buffered or create_empty):
-            self._create()
-        if self._buffered:
-            self._write(whole_chunks=False)
-
-    def _write(self, whole_chunks: bool) -> None:
-        if self.group is None:
-            self._create()
-        n = self._buffered - (self._buffered % CHUNK_ROWS if whole_chunks else 0)
-        rest = []
-        for col, dtype, _, _ in self.columns:
-            parts = [np.asarray(b[col]) for b in self._buf]
-            data = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            ds = self.group[col]
-            ds.resize((self.rows + n,))
-            ds[self.rows:] = data[:n].astype(dtype, copy=False)
-            rest.append((col, data[n:]))
-        self.rows += n
-        self._buffered -= n
-        self._buf = [dict(rest)] if self._buffered else []
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.values()))) if self else 0
 
 
 class PymepixWriter(OutputWriter):
@@ -129,18 +91,26 @@ class PymepixWriter(OutputWriter):
 
     layout = "pymepix"
 
-    def __init__(self, path, *, sources: list[dict], options: dict, compression: str = "lzf"):
-        super().__init__(path, sources=sources, options=options, compression=compression)
-        self.f = h5py.File(path, "w")
+    def __init__(self, path, *, sources: list[dict], options: dict, compression: str = "lzf", executor=None):
+        super().__init__(path, sources=sources, options=options, compression=compression, executor=executor)
+        self.swmr = bool(options.get("swmr", False))
+        self.f = h5py.File(path, "w", libver="latest") if self.swmr else h5py.File(path, "w")
         self.start_ns = next((s.get("start_time_ns") for s in sources if s.get("start_time_ns")), None)
-        self.raw = _Table(self.f, "raw", _RAW, "hits assigned to triggers (within the event window)", compression)
-        self.centroided = _Table(self.f, "centroided", _CENTROIDED, "cluster centroids", compression)
+        on_write = self._swmr_flush if self.swmr else None
+
+        def table(parent, name, spec, description, pending=4):
+            return ColumnTable(parent, name, _columns(spec), compression=compression, chunk_rows=CHUNK_ROWS,
+                               executor=executor, max_pending=pending, description=description, on_write=on_write)
+
+        workers = max(1, int(options.get("workers", 1)))
+        self.raw = table(self.f, "raw", _RAW, "hits assigned to triggers (within the event window)", 2 * workers + 2)
+        self.centroided = table(self.f, "centroided", _CENTROIDED, "cluster centroids")
         timing = self.f.require_group("timing")
         timing.attrs["description"] = "trigger timing"
-        self.timing = _Table(timing, "timepix", _TIMING, "event triggers on the Timepix3 clock", compression)
+        self.timing = table(timing, "timepix", _TIMING, "event triggers on the Timepix3 clock")
         trig = self.f.require_group("triggers")
         trig.attrs["description"] = "all TDC edges"
-        self.triggers = {n: _Table(trig, f"trigger{n}", _TRIGGER, f"TDC{n} edges", compression) for n in (1, 2)}
+        self.triggers = {n: table(trig, f"trigger{n}", _TRIGGER, f"TDC{n} edges") for n in (1, 2)}
         src = self.f.create_group("source")
         src.attrs["description"] = "the raw file(s) this was made from"
         src.attrs["header"] = json.dumps(sources[0].get("header", {}) if sources else {})
@@ -149,7 +119,43 @@ class PymepixWriter(OutputWriter):
         self.f.attrs["layout"] = "pymepix"
         self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.f.attrs["processing_options"] = json.dumps(options, default=str)
+        if self.swmr:
+            for t in self._tables():
+                if t is not self.centroided or options.get("centroid"):
+                    t.create()
+            self.f.swmr_mode = True
 
+    @classmethod
+    def writes_in_place(cls, options: dict) -> bool:
+        return bool(options.get("swmr", False))
+
+    def _tables(self):
+        return (self.raw, self.centroided, self.timing, *self.triggers.values())
+
+    def _swmr_flush(self, table) -> None:
+        for ds in table.datasets.values():
+            ds.flush()
+
+    # ------------------------------------------------------------ worker side
+    @staticmethod
+    def prepare_events(events):
+        n = events.size
+        out = _Prepared()
+        if n == 0:
+            return out
+        x, y = np.empty(n, np.uint8), np.empty(n, np.uint8)
+        tof, tot = np.empty(n, np.float64), np.empty(n, np.uint32)
+        big = pymepix_event_columns(np.ascontiguousarray(events["x"]), np.ascontiguousarray(events["y"]),
+                                    np.ascontiguousarray(events["tof"]), np.ascontiguousarray(events["tot"]),
+                                    x, y, tof, tot)
+        if big > 255:
+            raise ConfigError("the pymepix layout stores x, y as 0..255 (one chip, no offset); "
+                              "this data has larger coordinates")
+        out["trigger nr"] = np.ascontiguousarray(events["event"]).view(np.uint64)
+        out["x"], out["y"], out["tof"], out["tot"] = x, y, tof, tot
+        return out
+
+    # ------------------------------------------------------------ main thread
     def write_tdcs(self, tdcs: np.ndarray) -> None:
         if not tdcs.size:
             return
@@ -169,14 +175,11 @@ class PymepixWriter(OutputWriter):
         self.timing.append(**{"trigger nr": triggers["number"], "event trigger": toa_seconds(triggers["time"]),
                               "timestamp": stamp})
 
-    def write_events(self, events: np.ndarray) -> None:
-        if not events.size:
-            return
-        if int(events["x"].max()) > 255 or int(events["y"].max()) > 255:
-            raise ConfigError("the pymepix layout stores x, y as 0..255 (one chip, no offset); "
-                              "this data has larger coordinates")
-        self.raw.append(**{"trigger nr": events["event"].astype(np.uint64), "x": events["x"], "y": events["y"],
-                           "tof": toa_seconds(events["tof"]), "tot": events["tot"]})
+    def write_events(self, events) -> None:
+        if not isinstance(events, _Prepared):
+            events = self.prepare_events(events)
+        if events.size:
+            self.raw.append(**events)
 
     def write_centroids(self, centroids: np.ndarray) -> None:
         if not centroids.size:
@@ -189,10 +192,17 @@ class PymepixWriter(OutputWriter):
         for table in (self.raw, self.timing, *self.triggers.values()):
             table.flush(create_empty=True)
         self.centroided.flush(create_empty=False)
+        if self.swmr:
+            self.f.close()                    # SWMR allows no new attribute: add it after
+            self.f = h5py.File(self.path, "r+")
+            if self.centroided.rows == 0 and "centroided" in self.f:
+                del self.f["centroided"]
         self.f.attrs["counters"] = json.dumps(counters, default=str)
         self.f.close()
 
     def abort(self) -> None:
+        for t in self._tables():
+            t.abandon()
         try:
             self.f.close()
         except Exception:  # noqa: BLE001 - closing a broken file must not mask the original error

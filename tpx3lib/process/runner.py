@@ -1,19 +1,26 @@
-"""``process_files``: raw recordings in, a processed HDF5 file out, in bounded memory.
+"""``process_files``: raw recordings in, a processed HDF5 file (or run directory) out, in bounded memory.
 
 Flow: the input words of one chip are read in ``segment_words`` arrays; a
 :class:`~tpx3lib.process.plan.SegmentPlanner` decodes their TDC/heartbeat
 words in order and cuts the stream into segments; segments are processed by
 :func:`~tpx3lib.process.segment.run_segment` (in ``workers`` threads: the
-decoder and clustering kernels release the GIL) and their results are written
-in order. At most ``workers + 1`` segments are in flight, so memory does not
-depend on the file size. The output is written to ``OUT.part`` and renamed
-when complete: a failure never leaves a half-written file under the final name.
+decoder and clustering kernels release the GIL), their products converted for the
+layout in the worker (``prepare_events``), and written in order; the layout may
+use the same threads (the pymepix layout compresses its chunks there). At most
+``workers + 1`` segments are in flight, so memory does not depend on the file
+size. The output is written under a temporary name and moved into place when
+complete (see :mod:`.output`): a failure never leaves a half-written output under
+the final name.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -44,6 +51,7 @@ class ProcessSummary:
     seconds: float
     counters: dict
     warnings: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def hits_per_second(self) -> float:
@@ -69,6 +77,36 @@ def _rebatch(arrays: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
                 pending, have = [], 0
     if have:
         yield np.concatenate(pending)
+
+
+@contextlib.contextmanager
+def _big_buffers_stay_mapped():
+    """Keep freed large buffers in the process while processing (glibc only).
+
+    Every segment allocates tens of MB of numpy arrays and frees them soon after; glibc
+    returns such blocks to the system (munmap) and the next segment pays a page fault per
+    4 kB to get them back - about a fifth of the run time. Raising the mmap and trim
+    thresholds for the duration makes the allocator reuse them; afterwards the defaults
+    come back and ``malloc_trim`` returns what is free. Skipped when the environment
+    already tunes malloc or the C library is not glibc."""
+    libc = None
+    if sys.platform.startswith("linux") and not any(k.startswith("MALLOC_") for k in os.environ):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            if not (libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30)   # M_MMAP/M_TRIM_THRESHOLD
+                    and libc.mallopt(-2, 64 << 20)):                            # M_TOP_PAD
+                libc = None
+        except (OSError, AttributeError):
+            libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(-3, 128 * 1024)      # glibc's defaults
+            libc.mallopt(-1, 128 * 1024)
+            libc.mallopt(-2, 128 * 1024)
+            libc.malloc_trim(0)
 
 
 def _source_info(reader) -> dict:
@@ -134,11 +172,9 @@ def process_files(inputs, output, options: ProcessOptions | None = None, *, over
     if not inputs:
         raise ConfigError("no input files")
     output = os.fspath(output)
-    if os.path.exists(output) and not overwrite:
-        raise ConfigError(f"{output} exists: use --overwrite to replace it")
-    if os.path.abspath(output) in {os.path.abspath(p) for p in inputs}:
-        raise ConfigError("the output would overwrite an input file")
     wcls = writer_class(opts.layout)
+    opt_dict = opts.to_dict()
+    wcls.check_output(output, overwrite=overwrite, inputs=inputs, options=opt_dict)
     timewalk = None
     if opts.timewalk_path:
         from tpx3lib.cluster import TimewalkTable
@@ -154,37 +190,44 @@ def process_files(inputs, output, options: ProcessOptions | None = None, *, over
             readers.append(open_raw(path, "rb", strict=not opts.allow_damaged, warn=False))
         chip = _choose_chip(readers, opts.chip)
         sources = [_source_info(r) for r in readers]
-        tmp = output + ".part"
-        writer = wcls(tmp, sources=sources, options=opts.to_dict(), compression=opts.compression)
+        opt_dict["chip"] = chip
+        pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="tpx3-process") \
+            if opts.workers > 1 else None
         try:
-            summary = _run(readers, sources, chip, opts, writer, timewalk, cluster_params, progress)
-        except BaseException:
-            writer.abort()
-            _remove(tmp)
-            raise
-        os.replace(tmp, output)
+            tmp = wcls.temp_output(output, opt_dict)
+            writer = None
+            try:
+                writer = wcls(tmp, sources=sources, options=opt_dict, compression=opts.compression, executor=pool)
+                with _big_buffers_stay_mapped():
+                    summary = _run(readers, sources, chip, opts, writer, timewalk, cluster_params, progress, pool)
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                wcls.discard_output(tmp, output, opt_dict)
+                raise
+            wcls.commit_output(tmp, output, opt_dict)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         summary.output = output
+        summary.notes = writer.summary_lines()
         return summary
     finally:
         for r in readers:
             r.close()
 
 
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _run(readers, sources, chip, opts: ProcessOptions, writer, timewalk, cluster_params, progress) -> ProcessSummary:
+def _run(readers, sources, chip, opts: ProcessOptions, writer, timewalk, cluster_params, progress,
+         pool) -> ProcessSummary:
     t0 = time.perf_counter()
     margin_units = seconds_to_units(opts.cluster_margin_s)
     window = None if opts.event_window_s is None else tuple(seconds_to_units(v) for v in opts.event_window_s)
     decoder_kwargs = {"orientation": opts.orientation}
+    wcls = type(writer)
     cfg = SegmentConfig(chip=chip, window_units=window, cluster_margin_units=margin_units, centroid=opts.centroid,
                         cluster_params=cluster_params, timewalk=timewalk,
-                        decoder_kwargs=tuple(decoder_kwargs.items()))
+                        decoder_kwargs=tuple(decoder_kwargs.items()),
+                        prepare_events=wcls.prepare_events, prepare_centroids=wcls.prepare_centroids)
     planner = SegmentPlanner(chip, opts.segment_words, opts.margin_words, trigger_tdc=opts.trigger_tdc,
                              trigger_rising=opts.trigger_edge == "rising", trigger_numbers=opts.trigger_numbers,
                              cluster_margin_units=margin_units, decoder_kwargs=decoder_kwargs)
@@ -192,8 +235,6 @@ def _run(readers, sources, chip, opts: ProcessOptions, writer, timewalk, cluster
     hist = np.zeros(256, np.int64)
     found_warnings: list[str] = []
     bar = _Progress(sum(s["size_bytes"] for s in sources), progress)
-    pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="tpx3-process") \
-        if opts.workers > 1 else None
     inflight: collections.deque = collections.deque()
 
     def write_planner_output() -> None:
@@ -210,11 +251,12 @@ def _run(readers, sources, chip, opts: ProcessOptions, writer, timewalk, cluster
         nonlocal hist
         writer.write_events(res.events)
         writer.write_centroids(res.centroids)
+        writer.segment_done(res.t_hi)
         hist += res.word_hist
         totals["segments"] += 1
         totals["pixels"] += res.pixels_owned
-        totals["events"] += res.events.size
-        totals["centroids"] += res.centroids.size
+        totals["events"] += res.n_events
+        totals["centroids"] += res.n_centroids
         totals["before_first_trigger"] += res.before_first_trigger
         totals["outside_window"] += res.outside_window
         totals["clusters_at_segment_margin"] += res.clusters_at_margin
@@ -255,8 +297,6 @@ def _run(readers, sources, chip, opts: ProcessOptions, writer, timewalk, cluster
             fut.cancel()
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
     from tpx3lib.decode.words import word_type_counts

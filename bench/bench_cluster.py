@@ -4,13 +4,16 @@
 Data: an ion-imaging-like run from :mod:`tpx3lib.cluster.synthetic` - 10 kHz triggers,
 ~200 particles per trigger in four ToF peaks (sigma 1.5 us), Gaussian charge clouds of
 ~9 pixels (ToT up to several us), i.e. ~18 Mhits/s on average and far more inside the
-peaks - tiled in time to the requested size. Wall-clock times, best of ``--repeat``.
+peaks - tiled in time to the requested size. Wall-clock rates and CPU time per hit
+(``time.process_time``: all threads of the process), each the best of ``--repeat``; on a
+shared machine the CPU figure is the steadier one (other jobs take cores away from the
+threads, not CPU time from the work).
 
 Prints ``BENCH <name> <value> <unit> [ratio_to_<baseline> <r>]``; the baseline is
 scikit-learn DBSCAN (pymepix features, eps 2, min_samples 3, per-trigger chunks of
 ~6500 hits as pymepix does) measured in the same run on a subset of the same hits.
 
-Usage: python bench/bench_cluster.py [--hits 4e6] [--repeat 3] [--sklearn-hits 60000] [--quick]
+Usage: python bench/bench_cluster.py [--hits 4e6] [--repeat 5] [--sklearn-hits 60000] [--quick]
 """
 from __future__ import annotations
 
@@ -55,6 +58,17 @@ def best_time(fn, repeat: int, clock=time.perf_counter) -> float:
         fn()
         best = min(best, clock() - t0)
     return best
+
+
+def best_wall_cpu(fn, repeat: int) -> tuple[float, float]:
+    """Best wall-clock time and best CPU time (all threads of the process) over ``repeat`` runs."""
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall = min(wall, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
+    return wall, cpu
 
 
 def sklearn_pymepix_rate(ev: np.ndarray, chunk_limit: int = 6500):
@@ -104,7 +118,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hits", type=float, default=4e6, help="hits to cluster (default 4e6)")
-    ap.add_argument("--repeat", type=int, default=3, help="timing repeats, best taken (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="timing repeats, best taken (default 5)")
     ap.add_argument("--sklearn-hits", type=int, default=60_000, help="subset for scikit-learn DBSCAN")
     ap.add_argument("--chunk", type=int, default=1_000_000, help="chunk size of the streaming run")
     ap.add_argument("--quick", action="store_true", help="small run (1e6 hits, 1 repeat)")
@@ -138,28 +152,40 @@ def main(argv=None) -> int:
     def ratios(rate):
         return {"sklearn_dbscan": rate / sk_rate} if sk_rate else {}
 
-    t1 = best_time(lambda: cluster_hits(ev, ClusterParams(n_threads=1)), args.repeat)
-    r1 = n / t1
+    def components(threads):
+        return lambda: cluster_hits(ev, ClusterParams(n_threads=threads))
+
+    def streaming(threads):
+        def run():
+            cl = Clusterer(ClusterParams(n_threads=threads, reorder_window_s=10e-6))
+            for lo in range(0, n, args.chunk):
+                cl.feed(ev[lo:lo + args.chunk])
+            cl.flush()
+        return run
+
+    w1, c1 = best_wall_cpu(components(1), args.repeat)
+    r1 = n / w1
     bench("cluster_components_1thread", r1 / 1e6, "Mhits/s", **ratios(r1))
-    c1 = best_time(lambda: cluster_hits(ev, ClusterParams(n_threads=1)), args.repeat, clock=time.process_time)
-    bench("cluster_components_1thread_cpu", n / c1 / 1e6, "Mhits/cpu-s", wall=(n / c1) / r1)
-    t2 = best_time(lambda: cluster_hits(ev, ClusterParams(n_threads=2)), args.repeat)
-    r2 = n / t2
+    bench("cluster_components_1thread_cpu", c1 / n * 1e9, "ns/hit")
+    w2, c2 = best_wall_cpu(components(2), args.repeat)
+    r2 = n / w2
     bench("cluster_components_2threads", r2 / 1e6, "Mhits/s", **ratios(r2), one_thread=r2 / r1)
-
-    def streaming():
-        cl = Clusterer(ClusterParams(n_threads=2, reorder_window_s=10e-6))
-        for lo in range(0, n, args.chunk):
-            cl.feed(ev[lo:lo + args.chunk])
-        cl.flush()
-
-    rs = n / best_time(streaming, args.repeat)
+    bench("cluster_components_2threads_cpu", c2 / n * 1e9, "ns/hit", one_thread=c2 / c1)
+    ws1, cs1 = best_wall_cpu(streaming(1), args.repeat)
+    bench("clusterer_stream_1thread", n / ws1 / 1e6, "Mhits/s", one_shot=w1 / ws1)
+    bench("clusterer_stream_1thread_cpu", cs1 / n * 1e9, "ns/hit", one_shot=cs1 / c1)
+    ws2, cs2 = best_wall_cpu(streaming(2), args.repeat)
+    rs = n / ws2
     bench("clusterer_stream_2threads", rs / 1e6, "Mhits/s", **ratios(rs), one_shot=rs / r2)
+    bench("clusterer_stream_2threads_cpu", cs2 / n * 1e9, "ns/hit", one_shot=cs2 / c2)
 
     disordered = make_run(min(n, 2_000_000), seed=2, disorder_ns=2000.0)
     back = np.count_nonzero(np.diff(disordered["toa"]) < 0) / disordered.size
-    rd = disordered.size / best_time(lambda: cluster_hits(disordered, ClusterParams(n_threads=2)), args.repeat)
+    wd, cd = best_wall_cpu(lambda: cluster_hits(disordered, ClusterParams(n_threads=2)), args.repeat)
+    rd = disordered.size / wd
     bench("cluster_components_2threads_disordered", rd / 1e6, "Mhits/s", **ratios(rd), sorted_input=rd / r2)
+    bench("cluster_components_2threads_disordered_cpu", cd / disordered.size * 1e9, "ns/hit",
+          sorted_input=(cd / disordered.size) / (c2 / n))
     print(f"# disordered input: {back:.0%} of consecutive hits go back in time (within 2 us)", flush=True)
 
     m = min(n, 1_000_000)

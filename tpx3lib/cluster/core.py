@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import CENTROID_DTYPE, EVENT_DTYPE, toa_seconds
-from . import kernels
 from .kernels import (
-    AXIS_SIZE, accumulate_clusters, eps_edges, finish_time_offsets, grid_cells, kept_clusters, label_from_roots,
-    link_components, link_keys, number_roots, positions_in_clusters, reset_parent, seam_positions,
-    select_and_mark, union_edges, write_centroids,
+    AXIS_SIZE, N_STATE, accumulate_clusters, chunk_times, count_kept, eps_edges, grid_cells, label_from_roots,
+    link_keys, link_sum, number_roots, order_state, relink, reset_grid, reset_parent, row_labels, rows_of_slots,
+    scan_rows, seam_rows, select_and_mark, sort_ties, union_edges, write_kept,
 )
 from .params import (
     LABEL_BELOW_TOT, LABEL_NOISE, LABEL_PENDING, LABEL_SMALL_CLUSTER, ClusterParams, ClusterStats,
@@ -42,6 +41,9 @@ _POS = np.int32
 _MAX_HITS_PER_CALL = 2**31 - 2
 #: Largest per-pixel grid (compacted axes): 2**25 cells = 400 MB of int32 + int64 scratch.
 _MAX_GRID_CELLS = 2**25
+
+#: Slots reserved per row at first (clusters of >= 4 hits on average need fewer).
+_SLOT_RATIO = 0.25
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -98,16 +100,6 @@ def _canonical_order(toa_first: np.ndarray, tie_keys) -> np.ndarray:
     return order
 
 
-def _tie_keys(st, clusters, toa_off, tof_off):
-    """Secondary sort keys of clusters (least significant first), as in :func:`sort_centroids`."""
-    w = st[clusters, kernels.S_TOT_SUM]
-    return (st[clusters, kernels.S_FIRST_TOF] + tof_off[clusters],
-            st[clusters, kernels.S_FIRST_TOA] + toa_off[clusters],
-            st[clusters, kernels.S_BEST_TOT], w, st[clusters, kernels.S_SIZE],
-            st[clusters, kernels.S_FIRST_TOF], st[clusters, kernels.S_Y_SUM] / w,
-            st[clusters, kernels.S_X_SUM] / w, st[clusters, kernels.S_CHIP], st[clusters, kernels.S_EVENT])
-
-
 def sort_centroids(c: np.ndarray) -> np.ndarray:
     """Permutation putting centroids in canonical order.
 
@@ -129,6 +121,8 @@ class _Workspace(threading.local):
 
     def __init__(self):
         self.buffers: dict[str, np.ndarray] = {}
+        #: slots reserved per row and thread for link_sum (grows when clusters are small)
+        self.slot_ratio = _SLOT_RATIO
 
     def get(self, name: str, n: int, dtype=np.int64) -> np.ndarray:
         buf = self.buffers.get(name)
@@ -137,16 +131,31 @@ class _Workspace(threading.local):
             self.buffers[name] = buf
         return buf[:n]
 
-    def arange(self, n: int) -> np.ndarray:
-        """``np.arange(n)`` (int64) from a kept buffer: do not write to it."""
-        buf = self.buffers.get("__arange")
-        if buf is None or buf.size < n:
-            buf = np.arange(max(n, 1024) + max(n, 1024) // 4, dtype=np.int64)
-            self.buffers["__arange"] = buf
-        return buf[:n]
-
 
 _WS = _Workspace()
+
+
+def _in_canonical_order(c: np.ndarray, disorder: int | None = None):
+    """``(c in canonical order, the permutation applied or None)``.
+
+    Centroids of time-ordered hits come out nearly sorted: :func:`kernels.order_state` checks
+    (unless ``disorder``, its answer, is given); when only runs of equal ``toa_first`` are out
+    of order just those rows move.
+    """
+    if disorder is None:
+        disorder = order_state(c)
+    if disorder == 0:
+        return c, None
+    if disorder == 1:
+        order = np.empty(c.size, np.int64)
+        moved = sort_ties(c, order)
+        if not (c.flags.writeable and c.flags.c_contiguous):
+            c = np.ascontiguousarray(c).copy()
+        rows = c.view(np.uint8).reshape(c.size, c.dtype.itemsize)    # our own array: in place
+        rows[moved] = rows[order[moved]]
+        return c, order
+    order = sort_centroids(c)
+    return _take_records(c, order), order
 
 
 def _take_records(a: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -157,18 +166,34 @@ def _take_records(a: np.ndarray, order: np.ndarray) -> np.ndarray:
     return rows[order].view(a.dtype).reshape(-1)
 
 
+def _concat_records(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.concatenate([a, b])`` of two arrays of the same record dtype, as a byte copy."""
+    if not a.size:
+        return b
+    if not b.size:
+        return a
+    out = np.empty(a.size + b.size, a.dtype)
+    raw = out.view(np.uint8).reshape(out.size, a.dtype.itemsize)
+    raw[:a.size] = np.ascontiguousarray(a).view(np.uint8).reshape(a.size, a.dtype.itemsize)
+    raw[a.size:] = np.ascontiguousarray(b).view(np.uint8).reshape(b.size, b.dtype.itemsize)
+    return out
+
+
 @dataclass
 class _Outcome:
     """What one clustering pass over a set of hits produced."""
 
     centroids: np.ndarray      # CENTROID_DTYPE, canonical order, finished clusters only
-    pending: np.ndarray        # rows of hits whose cluster may still grow
+    pending: np.ndarray        # components: the hits whose cluster may still grow (EVENT_DTYPE);
+    #                            dbscan: their rows
     pending_first_toa: int     # earliest ToA among pending hits (INT64_MAX if none)
     hits_clustered: int = 0    # hits in returned centroids
     hits_small: int = 0        # hits in clusters below min_size
     hits_noise: int = 0        # DBSCAN noise
     labels: np.ndarray | None = None  # int64 per row of ev (only when asked for)
     clusters_small: int = 0    # clusters dropped for min_size
+    newest: int = _INT64_MIN   # components: latest toa seen (including the earlier newest)
+    late: int = 0              # components: hits older than late_before
 
 
 def _run_parallel(fn, n_pieces: int) -> list:
@@ -219,15 +244,10 @@ class _Forest:
                                                  b[:-1], self.offsets, out), self.pieces)
         return out
 
-    def positions_of(self, selected: np.ndarray) -> np.ndarray:
-        """Positions whose cluster is ``selected`` (bool per cluster), increasing."""
-        return positions_in_clusters(self.parent, self.member, self.root_number, self.bounds[:-1],
-                                     self.offsets, selected)
-
     def sums(self, ev, idx) -> np.ndarray:
         """Per-cluster state (see :func:`accumulate_clusters`); each thread owns the clusters
         whose root lies in its piece, hits of others' clusters are added afterwards."""
-        state = _WS.get("cluster_state", self.n_clusters * kernels.N_STATE).reshape(self.n_clusters, kernels.N_STATE)
+        state = _WS.get("cluster_state", self.n_clusters * N_STATE).reshape(self.n_clusters, N_STATE)
         state[:] = 0
         b = self.bounds
         fields = (ev["x"], ev["y"], ev["tot"], ev["toa"], ev["tof"], ev["event"], ev["train_id"], ev["chip"])
@@ -270,29 +290,192 @@ def _select_rows(ev: np.ndarray, threshold: int, pieces: int):
     return idx[:m], px, py
 
 
-def _link_pieces(ev, idx, bounds, geometry, radius, window, t, group, parent, chain_next):
-    """Connected-components linking, one contiguous piece of positions per thread.
+def _grid(size: int):
+    """The calling thread's per-pixel grid (newest position and its time per cell), emptied."""
+    head = _WS.get("grid_head", size, _POS)
+    head_t = _WS.get("grid_time", size)
+    reset_grid(head, head_t)
+    return head, head_t
 
-    Pairs across a seam are then found by linking the (small, for time-ordered input) set
-    of positions near the seam in time (:func:`seam_positions`), so the result is exactly
-    that of one thread.
+
+def _scan_total(parts):
+    """Statistics of consecutive pieces (:func:`kernels.scan_rows` results) taken together."""
+    n, t_min, t_max, lag, late = 0, _INT64_MAX, _INT64_MIN, 0, 0
+    for k, q_min, q_max, q_lag, q_late in parts:
+        if k:
+            lag = max(lag, q_lag, t_max - q_min) if n else q_lag
+            n += k
+            t_min, t_max = min(t_min, q_min), max(t_max, q_max)
+            late += q_late
+    return n, t_min, t_max, lag, late
+
+
+def _components(ev: np.ndarray, p: ClusterParams, held: np.ndarray | None = None, hold_back: int | None = None,
+                newest: int = _INT64_MIN, late_before: int = _INT64_MIN, want_labels: bool = False):
+    """Method ``"components"``: link and sum in one pass per thread (:func:`kernels.link_sum`).
+
+    ``held`` (streaming): hits held back from earlier calls, clustered together with ``ev``
+    without copying either (positions ``0..held.size-1`` are the held hits, then ``ev``). With
+    ``hold_back`` set, a cluster stays open (its hits come back as ``pending``) unless its
+    latest hit is older than ``max(newest, latest toa now) - hold_back``; hits of ``ev`` older
+    than ``late_before`` are counted as late.
+
+    Each of ``k`` threads takes a contiguous piece of positions, with its own grid and its own
+    region of the slot matrix (sized from the share of slots per row seen so far; a region
+    that overflows makes the pass run again with larger ones). Clusters linked across a seam
+    are then joined by linking the positions near the seam in time again
+    (:func:`kernels.relink`: few for time-ordered input, all in the worst case - exact either
+    way). Returns ``(outcome, rows at or below the ToT threshold)``.
     """
-    fields = (ev["x"], ev["y"], ev["toa"], ev["event"], ev["chip"])
-    grid_size = geometry[4]
+    if held is None:
+        held = ev[:0]
+    n_a, n_b = held.size, ev.size
+    n = n_a + n_b
+    threads = p.n_threads if n_b >= 20000 * p.n_threads else 1
+    rows_b = np.linspace(0, n_b, threads + 1).astype(np.int64)      # rows of ev per piece
+    bounds = rows_b + n_a                                             # positions per piece
+    bounds[0] = 0
+    threshold = p.tot_threshold_ns
+    a = [held[f] for f in ("x", "y", "tot", "toa", "tof", "event", "train_id", "chip")]
+    b = [ev[f] for f in ("x", "y", "tot", "toa", "tof", "event", "train_id", "chip")]
 
-    def link(positions, lo=0, hi=0):
-        # _WS is thread-local: every pool thread links with its own grid
-        head = _WS.get("grid_head", grid_size, _POS)
-        head_t = _WS.get("grid_time", grid_size)
-        link_components(positions, lo, hi, idx, *fields, *geometry, radius, window,
-                        t, group, parent, chain_next, head, head_t)
+    def scan(q):
+        px = np.zeros(AXIS_SIZE, np.bool_)
+        py = np.zeros(AXIS_SIZE, np.bool_)
+        parts = [scan_rows(b[2], b[0], b[1], b[3], rows_b[q], rows_b[q + 1], threshold, late_before, px, py)]
+        if q == 0 and n_a:
+            parts.insert(0, scan_rows(a[2], a[0], a[1], a[3], 0, n_a, threshold, _INT64_MIN, px, py))
+        return _scan_total(parts), px, py
 
-    pieces = bounds.size - 1
-    _run_parallel(lambda q: link(_NO_POSITIONS, bounds[q], bounds[q + 1]), pieces)
-    for q in range(1, pieces):
-        seam = seam_positions(0, bounds[q], bounds[q + 1], t, window)
+    scans = _run_parallel(scan, threads)
+    present_x, present_y = scans[0][1], scans[0][2]
+    for _, qx, qy in scans[1:]:
+        present_x |= qx
+        present_y |= qy
+    stats = [sc for sc, _, _ in scans]
+    m, _, t_max, lag_all, late = _scan_total(stats)
+    newest = max(newest, t_max)
+    below = n - m
+    labels_out = np.full(n, LABEL_BELOW_TOT, np.int64) if want_labels else None
+    if m == 0:
+        return _Outcome(np.zeros(0, CENTROID_DTYPE), held[:0], _INT64_MAX, labels=labels_out,
+                        newest=newest, late=late), below
+    if n > _MAX_HITS_PER_CALL:
+        raise ValueError(f"{n} hits in one call; cluster at most {_MAX_HITS_PER_CALL} at a time (use Clusterer)")
+    radius, window = p.link_radius(), p.link_window_units()
+    xcell, xmin, ycell, ymin, grid_size, grid_height = grid_cells(present_x, present_y, radius)
+    if grid_size > _MAX_GRID_CELLS:
+        raise ValueError(f"hits spread over a {grid_size}-cell pixel grid (more than {_MAX_GRID_CELLS}); "
+                         "cluster chips or regions separately")
+    geometry = (xcell, xmin, ycell, ymin, grid_height, radius, window)
+    group = _WS.get("group", n)
+    parent = _WS.get("parent", n, _POS)
+    chain_next = _WS.get("chain", n, _POS)
+    next_t = _WS.get("next_time", n)
+    work = (group, parent, chain_next, next_t)
+
+    ratio = _WS.slot_ratio
+    sizes = np.diff(bounds)
+    while True:
+        caps = np.minimum(sizes, (sizes * ratio).astype(np.int64) + 64)
+        starts = np.concatenate([[0], np.cumsum(caps)])
+        # the slot matrix is this thread's: pool threads are shared between callers
+        state = _WS.get("slots", int(starts[-1]) * N_STATE).reshape(-1, N_STATE)
+
+        def piece(q):
+            head, head_t = _grid(grid_size)
+            end, used, merged = starts[q + 1], starts[q], 0
+            if q == 0 and n_a:
+                stop, used, merged = link_sum(0, n_a, 0, *a, threshold, *geometry, *work, head, head_t, state, used,
+                                              end, merged)
+                if stop < n_a:
+                    return False, used, merged
+            stop, used, merged = link_sum(rows_b[q], rows_b[q + 1], n_a, *b, threshold, *geometry, *work, head,
+                                          head_t, state, used, end, merged)
+            return stop == rows_b[q + 1], used, merged
+
+        done = _run_parallel(piece, threads)
+        if all(ok for ok, _, _ in done):
+            break
+        ratio = 1.0                   # cannot overflow: one slot per position
+    _WS.slot_ratio = min(1.0, max(_SLOT_RATIO, 1.5 * max((used - starts[q]) / max(sizes[q], 1)
+                                                         for q, (_, used, _) in enumerate(done))))
+    ranges = [(int(starts[q]), int(used)) for q, (_, used, _) in enumerate(done)]
+    merged = np.array([k for _, _, k in done], np.int64)
+
+    t_max_before = _INT64_MIN
+    lag_upto = stats[0][3]
+    for q in range(1, threads):
+        t_max_before = max(t_max_before, stats[q - 1][2])
+        lag_upto = _scan_total(stats[:q + 1])[3]
+        if stats[q][0] == 0 or t_max_before == _INT64_MIN:
+            continue
+        seam = seam_rows(0, bounds[q], bounds[q + 1], n_a, a[3], b[3], parent, window, stats[q][1], t_max_before,
+                         lag_upto)
         if seam.size:
-            link(seam)
+            head, head_t = _grid(grid_size)
+            relink(seam, n_a, a[0], a[1], a[3], b[0], b[1], b[3], *geometry, *work, head, head_t, state, starts,
+                   merged)
+
+    is_open = _WS.get("open_slots", state.shape[0], np.bool_)
+    complete_before = _INT64_MAX if hold_back is None else newest - hold_back
+    # one shot, min_size 1: every cluster is kept, the counts are known without a pass over the slots
+    known = ([hi - lo - k for (lo, hi), k in zip(ranges, merged)], m) if hold_back is None and p.min_size == 1 else None
+    c, slot_of, counts = _centroids(state, ranges, p.min_size, complete_before, is_open, known)
+    clustered, small, small_clusters, n_open, pending_first = counts
+    pending = held[:0]
+    if n_open:
+        pos = rows_of_slots(n_a, a[3], b[3], parent, is_open, pending_first, lag_all)
+        split = int(np.searchsorted(pos, n_a))
+        pending = _concat_records(_take_records(held, pos[:split]), _take_records(ev, pos[split:] - n_a))
+    if labels_out is not None:
+        label_of_slot = np.full(state.shape[0], LABEL_SMALL_CLUSTER, np.int64)
+        label_of_slot[slot_of] = np.arange(slot_of.size)
+        if n_open:
+            label_of_slot[is_open] = LABEL_PENDING
+        row_labels(parent, label_of_slot, LABEL_BELOW_TOT, labels_out)
+    return _Outcome(c, pending, pending_first, clustered, small, 0, labels_out, small_clusters,
+                    newest=newest, late=late), below
+
+
+def _centroids(state: np.ndarray, ranges, min_size: int, complete_before: int = _INT64_MAX,
+               is_open: np.ndarray | None = None, known=None):
+    """Centroids, in canonical order, of the slots in ``ranges`` (``(lo, hi)`` pairs) with at
+    least ``min_size`` hits, leaving out open clusters (latest hit not before
+    ``complete_before``: marked in ``is_open``, their size zeroed; see :func:`kernels.count_kept`).
+    ``known``: ``(clusters per range, hits)`` when every used slot is a kept cluster (no pass
+    over the slots to count them).
+
+    Returns ``(centroids, slot of each centroid, (hits in them, hits in smaller clusters,
+    smaller clusters, open clusters, earliest first toa of the open ones))``. Slots are opened
+    in arrival order, so for time-ordered hits the centroids come out sorted (but for runs of
+    equal ``toa_first``) and only the check is paid for.
+    """
+    if known is not None:
+        counts = [(k, 0, 0, 0, 0, _INT64_MAX) for k in known[0]]
+        counts[0] = (known[0][0], known[1], 0, 0, 0, _INT64_MAX)
+    else:
+        if is_open is None:
+            is_open = np.empty(state.shape[0], np.bool_)
+        counts = _run_parallel(lambda q: count_kept(state, ranges[q][0], ranges[q][1], min_size, complete_before,
+                                                    is_open), len(ranges))
+    at = np.concatenate([[0], np.cumsum([k[0] for k in counts])])
+    c = np.empty(int(at[-1]), CENTROID_DTYPE)
+    slot_of = np.empty(c.size, np.int64)
+    written = _run_parallel(
+        lambda q: write_kept(state, ranges[q][0], ranges[q][1], min_size, c, slot_of, at[q], at[q + 1]), len(ranges))
+    if min(written) < 0:
+        raise RuntimeError("clustering: cluster count mismatch (internal error)")
+    disorder = max(written)
+    for q in range(1, len(ranges)):      # where the ranges meet
+        if 0 < at[q] < c.size:
+            disorder = max(disorder, order_state(c[at[q] - 1:at[q] + 1]))
+    c, order = _in_canonical_order(c, disorder)
+    if order is not None:
+        slot_of = slot_of[order]
+    totals = (sum(k[1] for k in counts), sum(k[2] for k in counts), sum(k[3] for k in counts),
+              sum(k[4] for k in counts), min(k[5] for k in counts))
+    return c, slot_of, totals
 
 
 def _dbscan_members(n, edges, min_samples, toa_k, x_k, y_k):
@@ -339,6 +522,15 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
     ``feature`` (per row) overrides the DBSCAN time feature (default
     ``toa_seconds(tof) * tof_scale``).
     """
+    if p.method == "components":
+        return _components(ev, p, want_labels=want_labels)
+    return _dbscan(ev, p, complete_before, feature, want_labels)
+
+
+def _dbscan(ev: np.ndarray, p: ClusterParams, complete_before: int | None, feature: np.ndarray | None,
+            want_labels: bool) -> tuple[_Outcome, int]:
+    """Method ``"dbscan"`` (pymepix): eps edges, core points, border points, noise (one thread but
+    for the selection of the hits)."""
     n_rows = ev.size
     threads = p.n_threads if n_rows >= 20000 * p.n_threads else 1
     idx, present_x, present_y = _select_rows(ev, p.tot_threshold_ns, threads)
@@ -356,8 +548,6 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
     if grid_size > _MAX_GRID_CELLS:
         raise ValueError(f"hits spread over a {grid_size}-cell pixel grid (more than {_MAX_GRID_CELLS}); "
                          "cluster chips or regions separately")
-    pieces = threads if m >= 20000 * threads else 1
-    bounds = np.linspace(0, m, pieces + 1).astype(np.int64)
     t = _WS.get("time", m)
     group = _WS.get("group", m)
     parent = _WS.get("parent", m, _POS)
@@ -368,56 +558,39 @@ def _cluster_rows(ev: np.ndarray, p: ClusterParams, complete_before: int | None 
     pending_first = _INT64_MAX
     noise = 0
 
-    if p.method == "components":
-        _link_pieces(ev, idx, bounds, geometry, radius, window, t, group, parent, chain_next)
-        forest = _Forest(parent, member, bounds)
-        forest.number()
-        state = forest.sums(ev, idx)
-        if complete_before is not None:
-            done = state[:, kernels.S_LAST_TOA] < complete_before
-            if not done.all():
-                pending_rows = idx[forest.positions_of(~done)]
-                pending_first = int(state[~done, kernels.S_FIRST_TOA].min())
-                state[~done, kernels.S_SIZE] = 0
-    else:
-        x, y, tof = ev["x"], ev["y"], ev["tof"]
-        cell = _WS.get("cell", m, _POS)
-        link_keys(idx, 0, m, x, y, toa, ev["event"], ev["chip"], *geometry[:4], cell, t, group)
-        feat = (toa_seconds(tof) * p.tof_scale if feature is None else feature)[idx]
-        x_k = x[idx].astype(np.float64)
-        y_k = y[idx].astype(np.float64)
-        edges = eps_edges(cell, t, group, x_k, y_k, feat, grid_size, grid_height, radius, window,
-                          float(p.eps) ** 2, chain_next)
-        done_hit = np.ones(m, bool)
-        if complete_before is not None:
-            # finished = the whole eps-connected component ends before the bound
-            reset_parent(0, m, parent)
-            union_edges(parent, edges[0], edges[1], np.ones(edges[0].size, bool))
-            comp = _Forest(parent, member, np.array([0, m]))
-            n_comp = comp.number()
-            comp_of = comp.labels()[:m].astype(np.int64)
-            last = np.full(n_comp, _INT64_MIN, np.int64)
-            np.maximum.at(last, comp_of, t)
-            done_hit = (last < complete_before)[comp_of]
-            if not done_hit.all():
-                pending_rows = idx[~done_hit]
-                pending_first = int(t[~done_hit].min())
-        parent2, member2 = _dbscan_members(m, edges, p.min_samples, t, x_k, y_k)
-        member2 &= done_hit
-        forest = _Forest(parent2, member2, np.array([0, m]))
-        forest.number()
-        state = forest.sums(ev, idx)
-        noise = int(np.count_nonzero(done_hit & ~member2))
+    x, y, tof = ev["x"], ev["y"], ev["tof"]
+    cell = _WS.get("cell", m, _POS)
+    link_keys(idx, 0, m, x, y, toa, ev["event"], ev["chip"], *geometry[:4], cell, t, group)
+    feat = (toa_seconds(tof) * p.tof_scale if feature is None else feature)[idx]
+    x_k = x[idx].astype(np.float64)
+    y_k = y[idx].astype(np.float64)
+    edges = eps_edges(cell, t, group, x_k, y_k, feat, grid_size, grid_height, radius, window,
+                      float(p.eps) ** 2, chain_next)
+    done_hit = np.ones(m, bool)
+    if complete_before is not None:
+        # finished = the whole eps-connected component ends before the bound
+        reset_parent(0, m, parent)
+        union_edges(parent, edges[0], edges[1], np.ones(edges[0].size, bool))
+        comp = _Forest(parent, member, np.array([0, m]))
+        n_comp = comp.number()
+        comp_of = comp.labels()[:m].astype(np.int64)
+        last = np.full(n_comp, _INT64_MIN, np.int64)
+        np.maximum.at(last, comp_of, t)
+        done_hit = (last < complete_before)[comp_of]
+        if not done_hit.all():
+            pending_rows = idx[~done_hit]
+            pending_first = int(t[~done_hit].min())
+    parent2, member2 = _dbscan_members(m, edges, p.min_samples, t, x_k, y_k)
+    member2 &= done_hit
+    forest = _Forest(parent2, member2, np.array([0, m]))
+    forest.number()
+    state = forest.sums(ev, idx)
+    noise = int(np.count_nonzero(done_hit & ~member2))
 
-    kept, clustered, small, small_clusters = kept_clusters(state, p.min_size)
-    toa_off, tof_off = finish_time_offsets(state)
-    order = _canonical_order(state[kept, kernels.S_FIRST_TOA],
-                             lambda sub: _tie_keys(state, kept[sub], toa_off, tof_off))
-    c = np.empty(kept.size, CENTROID_DTYPE)
-    write_centroids(state, kept[order], toa_off, tof_off, c)
+    c, slot_of, (clustered, small, small_clusters, _, _) = _centroids(state, [(0, state.shape[0])], p.min_size)
     if labels_out is not None:
         to_output = np.full(forest.n_clusters, LABEL_SMALL_CLUSTER, np.int64)
-        to_output[kept[order]] = np.arange(kept.size)
+        to_output[slot_of] = np.arange(slot_of.size)
         lab = forest.labels()[:m]
         out = np.full(m, LABEL_NOISE, np.int64)
         ok = lab >= 0
@@ -494,6 +667,7 @@ class Clusterer:
         self._work: np.ndarray | None = None
         self._held = np.zeros(0, CENTROID_DTYPE)
         self._newest = _INT64_MIN
+        self._pending_first = _INT64_MAX
         reorder = self.params.reorder_window_units()
         if timewalk is not None:
             reorder += timewalk.spread_units()
@@ -513,18 +687,11 @@ class Clusterer:
         return int(self._pending.size)
 
     def _accept(self, hits: np.ndarray) -> np.ndarray:
-        """The chunk as EVENT_DTYPE (a view when possible), timewalk-corrected; updates the
-        newest time and counts late hits (among those above the ToT threshold)."""
+        """The chunk as EVENT_DTYPE (a view when possible), timewalk-corrected."""
         ev = as_event_array(hits)
         if self.timewalk is not None:
             ev = self.timewalk.apply(ev)
         self.stats.hits_in += ev.size
-        if ev.size:
-            kept_toa = ev["toa"][ev["tot"] > self.params.tot_threshold_ns]
-            if kept_toa.size:
-                if self._newest != _INT64_MIN:
-                    self.stats.late_hits += int(np.count_nonzero(kept_toa < self._newest - self._reorder))
-                self._newest = max(self._newest, int(kept_toa.max()))
         return ev
 
     def _finish(self, out: _Outcome) -> None:
@@ -547,15 +714,13 @@ class Clusterer:
         else:
             out = _take_records(held, np.flatnonzero(ready))
             self._held = _take_records(held, np.flatnonzero(~ready))
-        order = sort_centroids(out)
-        if not np.array_equal(order, np.arange(order.size)):
-            out = _take_records(out, order)
+        out, _ = _in_canonical_order(out)
         self.stats.clusters_out += out.size
         self.stats.hits_pending = int(self._pending.size)
         return out
 
     def _join(self, ev: np.ndarray) -> np.ndarray:
-        """Pending hits followed by the new chunk, in a buffer kept between calls."""
+        """DBSCAN: pending hits followed by the new chunk, in a buffer kept between calls."""
         n_old, n = self._pending.size, self._pending.size + ev.size
         if self._work is None or self._work.size < n:
             self._work = np.empty(n + n // 4, EVENT_DTYPE)
@@ -569,17 +734,28 @@ class Clusterer:
     def feed(self, hits: np.ndarray) -> np.ndarray:
         """Add a chunk of hits; return the centroids (``CENTROID_DTYPE``) now final."""
         ev = self._accept(hits)
-        work = self._join(ev) if self._pending.size else ev
-        if not work.size:
-            return self._emit(self._newest - self._reorder)
-        complete_before = self._newest - self._reorder - self._window
-        out, below = _cluster_rows(work, self.params, complete_before=complete_before)
+        if not ev.size:        # nothing new: nothing more can finish
+            return self._emit(min(self._pending_first, self._newest - self._reorder))
+        late_before = self._newest - self._reorder if self._newest != _INT64_MIN else _INT64_MIN
+        if self.params.method == "components":
+            # the pending hits and the chunk are clustered together; the chunk is not copied
+            out, below = _components(ev, self.params, held=self._pending, hold_back=self._reorder + self._window,
+                                     newest=self._newest, late_before=late_before)
+            self._newest, late = out.newest, out.late
+            self._pending = out.pending
+        else:
+            newest, late = chunk_times(ev["tot"], ev["toa"], self.params.tot_threshold_ns, late_before)
+            self._newest = max(self._newest, int(newest))
+            work = self._join(ev) if self._pending.size else ev
+            complete_before = self._newest - self._reorder - self._window
+            out, below = _cluster_rows(work, self.params, complete_before=complete_before)
+            # only the (few) pending hits are copied and kept
+            self._pending = _take_records(work, out.pending)
+        self.stats.late_hits += int(late)
         self.stats.hits_below_tot += below
         self._finish(out)
-        # only the (few) pending hits are copied and kept
-        self._pending = _take_records(work, out.pending)
-        bound = min(out.pending_first_toa, self._newest - self._reorder)
-        return self._emit(bound)
+        self._pending_first = out.pending_first_toa
+        return self._emit(min(out.pending_first_toa, self._newest - self._reorder))
 
     def flush(self) -> np.ndarray:
         """Finish every pending cluster and return all centroids not yet returned."""
@@ -587,4 +763,5 @@ class Clusterer:
             out, _ = _cluster_rows(self._pending, self.params)
             self._finish(out)
             self._pending = self._pending[:0]
+            self._pending_first = _INT64_MAX
         return self._emit(None)

@@ -16,7 +16,7 @@ from ..dtypes import CENTROID_DTYPE, toa_seconds
 from .params import LABEL_BELOW_TOT, LABEL_NOISE, LABEL_SMALL_CLUSTER, ClusterParams
 
 __all__ = ["reference_axis_map", "reference_pairs", "reference_labels", "reference_centroids",
-           "reference_cluster_hits"]
+           "reference_cluster_hits", "reference_slot", "reference_seam_rows", "reference_scan_rows"]
 
 
 def reference_axis_map(values, radius: int) -> dict[int, int]:
@@ -139,3 +139,49 @@ def reference_cluster_hits(ev: np.ndarray, p: ClusterParams, feature=None):
     """``(centroids, labels)`` by the definition; label numbers are arbitrary (compare partitions)."""
     labels = reference_labels(ev, p, feature)
     return reference_centroids(ev, labels), labels
+
+
+def reference_slot(ev: np.ndarray, rows) -> dict:
+    """Twin of a slot row of :func:`kernels.link_sum` / :func:`kernels.merge_slot` for the hits
+    ``ev[rows]`` of one cluster, with Python integers. The time sums are given as
+    ``sum (t - t_first) * tot`` (what the slot's 24-bit high/low parts add up to, shifted to
+    the earliest hit)."""
+    h = [(int(ev["toa"][i]), int(ev["tof"][i]), (int(ev["x"][i]) << 16) | int(ev["y"][i]), int(ev["tot"][i]),
+          int(ev["x"][i]), int(ev["y"][i]), i) for i in rows]
+    first = min(h)
+    i0 = first[-1]
+    return dict(
+        first_toa=first[0], first_tof=first[1], first_xy=first[2],
+        train=int(ev["train_id"][i0]),
+        event=int(ev["event"][i0]), chip=int(ev["chip"][i0]),
+        last_toa=max(r[0] for r in h), size=len(h), tot_sum=sum(r[3] for r in h), best_tot=max(r[3] for r in h),
+        x_sum=sum(r[3] * r[4] for r in h), y_sum=sum(r[3] * r[5] for r in h),
+        toa_offset_sum=sum((r[0] - first[0]) * r[3] for r in h),
+        tof_offset_sum=sum((r[1] - first[1]) * r[3] for r in h),
+    )
+
+
+def reference_seam_rows(toa, clustered, lo: int, mid: int, hi: int, window: int) -> np.ndarray:
+    """Twin of :func:`kernels.seam_rows` by brute force (no early stop): clustered positions
+    before ``mid`` within ``window`` of the earliest after it, and those after within
+    ``window`` of the latest before it."""
+    toa = np.asarray(toa, dtype=np.int64)
+    k = np.arange(lo, hi)
+    ok = np.asarray(clustered, bool)[lo:hi]
+    before, after = k[ok & (k < mid)], k[ok & (k >= mid)]
+    if not before.size or not after.size:
+        return np.zeros(0, np.int64)
+    first_after, last_before = toa[after].min(), toa[before].max()
+    return np.concatenate([before[toa[before] >= first_after - window], after[toa[after] <= last_before + window]])
+
+
+def reference_scan_rows(tot, x, y, toa, threshold: int, late_before: int):
+    """Twin of :func:`kernels.scan_rows`: ``(count, t_min, t_max, lag, late, used x, used y)``."""
+    keep = np.asarray(tot) > threshold
+    t = [int(v) for v in np.asarray(toa)[keep]]
+    lag, run = 0, None
+    for v in t:
+        run = v if run is None else max(run, v)
+        lag = max(lag, run - v)
+    return (len(t), min(t) if t else np.iinfo(np.int64).max, max(t) if t else np.iinfo(np.int64).min, lag,
+            sum(v < late_before for v in t), set(np.asarray(x)[keep].tolist()), set(np.asarray(y)[keep].tolist()))

@@ -23,10 +23,11 @@ venv install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Tango device tests through a real database + Tpx3Server + simulator (see pyproject addopts).
+# Only the Tango tests (real database + Tpx3Server + simulator); they are part of `make test` too.
 test-tango: $(STAMP)
-	$(PY) -m pytest -q -o addopts="-ra" tests/test_tango_devices.py
+	$(PY) -m pytest -q tests/test_tango_*.py
 
+# Simulator -> Tango -> Karabo Bridge -> HDF5 + PNG in demo_output/ (~20 s; ~1 min while numba compiles).
 demo: $(STAMP)
 	$(PY) -m tpx3lib.demo
 

@@ -9,7 +9,13 @@ server in this process to a client in a subprocess:
   default pattern) and flat out (REP->REQ with a one-train queue);
 * serialize/deserialize time of one train (no network);
 * the baseline, measured in the same run: raw pyzmq PUSH->PULL sending the same
-  frames (plus an 8-byte send time for latency), without (de)serialization.
+  frames (plus an 8-byte send time for latency), without (de)serialization;
+* the Timepix3 sink path (``tpx3lib.pipeline.bridge_sink.KaraboBridgeSink``): processed
+  chunks of ~10 MB trains (hits only) go through the TrainAssembler, the hand-off queue,
+  ``train_message`` and the socket: per-train latency from the chunk that completes a
+  train (``on_chunk``) to its arrival in the client, median and p99, at 10 Hz (REP->REQ),
+  flat-out throughput (PUSH->PULL, GB/s of message payload) and the time the
+  processing thread spends in ``on_chunk`` per train.
 
 Each figure is printed as ``BENCH <name> <value> <unit> [<ratio to baseline>]``.
 Targets: p99 < 10 ms for 10 MB trains at 10 Hz; >= 1 GB/s flat out.
@@ -33,6 +39,7 @@ if str(REPO) not in sys.path:
 __all__ = ["main"]
 
 SRC = "BENCH_DET/CAM/1:daqOutput"
+SINK_SRC = "BENCH_TPX3/CAM/1:daqOutput"
 
 
 def make_train(size_mb: float):
@@ -50,6 +57,7 @@ def _meta(tid):
 def _client_role(argv):
     """Runs in the subprocess: receive for ``duration`` s, print a JSON summary."""
     kind, endpoint, sock, duration = argv[0], argv[1], argv[2], float(argv[3])
+    max_n = int(argv[4]) if len(argv) > 4 else None          # stop after so many trains
     lat, nbytes, n = [], 0, 0
     t_first = t_last = None
     if kind == "raw":
@@ -76,14 +84,16 @@ def _client_role(argv):
         from karabo_bridge import Client
         with Client(endpoint, sock=sock, timeout=30) as client:
             print("READY", flush=True)
-            while t_first is None or time.monotonic() - t_first < duration:
+            while (t_first is None or time.monotonic() - t_first < duration) and (max_n is None or n < max_n):
                 try:
                     data, meta = client.next()
                 except TimeoutError:
                     break
                 now = time.time()
-                lat.append(now - meta[SRC]["timestamp"])
-                nbytes += data[SRC]["data.image"].nbytes
+                src = SRC if kind == "bridge" else SINK_SRC
+                lat.append(now - meta[src]["timestamp"])
+                nbytes += (data[src]["data.image"].nbytes if kind == "bridge"
+                           else sum(v.nbytes for v in data[src].values() if hasattr(v, "nbytes")))
                 n += 1
                 t_last = time.monotonic()
                 t_first = t_first or t_last
@@ -95,9 +105,10 @@ def _client_role(argv):
                       "lat": lat}), flush=True)
 
 
-def _spawn(kind, endpoint, sock, duration):
+def _spawn(kind, endpoint, sock, duration, max_n=None):
+    extra = [] if max_n is None else [str(max_n)]
     proc = subprocess.Popen([sys.executable, __file__, "--_client", kind, endpoint, sock,
-                             str(duration)], stdout=subprocess.PIPE, text=True)
+                             str(duration), *extra], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if line.strip() != "READY":
         proc.kill()
@@ -164,6 +175,95 @@ def run_bridge(data, duration, sock="REP", rate=None, maxlen=10):
                 proc.kill()
 
 
+# ----------------------------------------------------------------------------- the sink path
+class SyntheticTrains:
+    """Processed chunks of one chip, one complete ~``size_mb`` train each (hits only):
+    the trigger, its hits, its train-ID decision (host time = now, so the client's latency
+    starts at ``on_chunk``) and ``complete_until`` past the event window."""
+
+    WINDOW = (0.0, 1e-3)
+
+    def __init__(self, size_mb: float):
+        from tpx3lib.dtypes import EVENT_DTYPE, TOA_UNIT_S
+        from tpx3lib.exdf.layout import HIT_FIELDS
+        self.per_hit = sum(EVENT_DTYPE[f].itemsize for f in HIT_FIELDS)   # bytes per hit in a message
+        n = int(size_mb * 1e6) // self.per_hit
+        rng = np.random.default_rng(1)
+        ev = np.zeros(n, EVENT_DTYPE)
+        ev["x"], ev["y"] = rng.integers(0, 256, n), rng.integers(0, 256, n)
+        ev["tot"] = rng.integers(25, 1000, n)
+        ev["tof"] = np.sort(rng.integers(0, int(self.WINDOW[1] / TOA_UNIT_S), n))
+        self.events = ev
+        self.period = int(round(0.1 / TOA_UNIT_S))
+        self.window = int(round(self.WINDOW[1] / TOA_UNIT_S))
+        self.info = {"chips": [0], "products": ("events",), "event_window_s": self.WINDOW, "start_time_ns": 0,
+                     "config": {0: {"event_window_s": self.WINDOW, "trigger_tdc": 1, "trigger_edge": "rising"}}}
+
+    def chunk(self, k: int):
+        from tpx3lib.dtypes import TDC_DTYPE
+        from tpx3lib.pipeline import ProcessedChunk
+        from tpx3lib.trainid import TRIGGER_TRAIN_DTYPE
+        t_trig = (k + 1) * self.period
+        ch = ProcessedChunk.empty(0)
+        trig = np.zeros(1, TDC_DTYPE)
+        trig["tdc"], trig["rising"], trig["counter"], trig["time"] = 1, 1, k + 1, t_trig
+        dec = np.zeros(1, TRIGGER_TRAIN_DTYPE)
+        dec["counter"], dec["time"], dec["train_id"], dec["host_time"] = k + 1, t_trig, 1_000_000 + k, time.time()
+        # a fresh array, labelled, as a ChipProcessor gives (the assembler may keep a view of it)
+        ev = np.empty_like(self.events)
+        ev.view(np.uint8)[:] = self.events.view(np.uint8)
+        ev["event"] = k + 1
+        ev["train_id"] = 1_000_000 + k
+        ev["toa"] = t_trig + ev["tof"]
+        ch.triggers, ch.trains, ch.events = trig, dec, ev
+        ch.complete_until = t_trig + 2 * self.window
+        return ch
+
+
+def run_sink(trains: SyntheticTrains, duration, sock="REP", rate=None, n_trains=None):
+    """Feed synthetic chunks to a KaraboBridgeSink (blocking hand-off: nothing dropped
+    while the client reads). At a ``rate``, each chunk is made between trains; flat out,
+    ``n_trains`` chunks are made beforehand, so only the sink path is measured. A
+    train's time stamp (where the client's latency starts) is set just before ``on_chunk``."""
+    from tpx3lib.pipeline.bridge_sink import KaraboBridgeSink
+    csock = {"REP": "REQ", "PUSH": "PULL", "PUB": "SUB"}[sock]
+    ready = [trains.chunk(k) for k in range(n_trains)] if n_trains else None
+    # the timeout lets the feeding loop notice the client's end
+    sink = KaraboBridgeSink("tcp://127.0.0.1:0", sock=sock, source=SINK_SRC, when_full="block", queue_size=2,
+                            block_timeout=1.0, stop_timeout=1.0)
+    on_chunk = []
+    try:
+        proc = _spawn("sink", sink.endpoint, csock, duration, n_trains)
+        sink.start(trains.info)
+        k = 0
+        next_at = time.monotonic()
+        try:
+            while proc.poll() is None and (ready is None or k < len(ready)):
+                if rate:
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_at += 1.0 / rate
+                ch = ready[k] if ready else trains.chunk(k)
+                ch.trains["host_time"] = time.time()
+                t0 = time.perf_counter()
+                sink.on_chunk(ch)
+                on_chunk.append(time.perf_counter() - t0)
+                if ready:
+                    ready[k] = None
+                k += 1
+            res = _result(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sink.stop()
+    finally:
+        sink.close()
+    res["on_chunk"] = on_chunk
+    res["sink_latency"] = sink.latency.values().tolist()
+    return res
+
+
 def time_codec(data, meta, repeat=2000):
     """Median microseconds to serialize and to deserialize one train (no network)."""
     from karabo_bridge import deserialize, serialize
@@ -192,6 +292,8 @@ def main(argv=None):
     ap.add_argument("--latency-seconds", type=float, default=10.0,
                     help="duration of the 10 Hz latency measurements (default 10)")
     ap.add_argument("--rate", type=float, default=10.0, help="train rate for latency (Hz)")
+    ap.add_argument("--flat-trains", type=int, default=40,
+                    help="trains made beforehand for the sink's flat-out figure (default 40)")
     args = ap.parse_args(argv)
 
     from karabo_bridge import serialize
@@ -204,6 +306,9 @@ def main(argv=None):
     rep = run_bridge(data, args.seconds, sock="REP", maxlen=1)
     raw_hz = run_raw(frames, args.latency_seconds, rate=args.rate)
     rep_hz = run_bridge(data, args.latency_seconds, sock="REP", rate=args.rate)
+    synth = SyntheticTrains(args.size_mb)
+    sink_push = run_sink(synth, 60.0, sock="PUSH", n_trains=args.flat_trains)
+    sink_hz = run_sink(synth, args.latency_seconds, sock="REP", rate=args.rate)
 
     base = raw["gbps"]
     print(f"BENCH raw_zmq_push_throughput {base:.2f} GB/s")
@@ -223,6 +328,14 @@ def main(argv=None):
           f"{_ms(rep['lat'], 50) / fm:.2f}")
     print(f"BENCH bridge_rep_latency_flat_p99 {_ms(rep['lat'], 99):.2f} ms "
           f"{_ms(rep['lat'], 99) / fp:.2f}")
+    sm, sp = _ms(sink_hz["lat"], 50), _ms(sink_hz["lat"], 99)
+    print(f"BENCH sink_rep_latency_{args.rate:g}hz_median {sm:.2f} ms {sm / rm:.2f}")
+    print(f"BENCH sink_rep_latency_{args.rate:g}hz_p99 {sp:.2f} ms {sp / rp:.2f}")
+    print(f"BENCH sink_rep_latency_{args.rate:g}hz_trains {sink_hz['n']} trains")
+    print(f"BENCH sink_push_throughput {sink_push['gbps']:.2f} GB/s {sink_push['gbps'] / base:.2f}")
+    print(f"BENCH sink_on_chunk_per_train_median {_ms(sink_hz['on_chunk'], 50):.2f} ms")
+    print(f"BENCH sink_queue_to_zmq_{args.rate:g}hz_p99 {_ms(sink_hz['sink_latency'], 99):.2f} ms")
+    print(f"BENCH sink_train_size {synth.events.size * synth.per_hit / 1e6:.2f} MB {synth.events.size} hits")
     print(f"BENCH serialize_train {ser_us:.1f} us")
     print(f"BENCH deserialize_train {des_us:.1f} us")
     print(f"BENCH train_size {sum(len(memoryview(f)) for f in frames) / 1e6:.2f} MB")

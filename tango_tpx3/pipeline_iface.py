@@ -2,15 +2,17 @@
 
 The device is thin: it turns attributes into :class:`AcquisitionSettings`, commands into
 calls of a :class:`Pipeline`, and the pipeline's state, statistics and per-train callbacks
-into Tango state and events. Any object with this shape can sit behind the device; the
-live pipeline of tpx3lib (capture -> decode -> events -> clusters -> Karabo Bridge / HDF5)
-is meant to implement it. Until it exists, :mod:`tango_tpx3.provisional_pipeline` does.
+into Tango state and events. Any object with this shape can sit behind the device:
+:mod:`tango_tpx3.live_backend` (tpx3lib's live pipeline: capture -> decode -> events ->
+clusters -> Karabo Bridge / run files / raw recording) and :mod:`tango_tpx3.provisional_pipeline`
+(shutter and board counters only) do; :mod:`tango_tpx3.backends` picks one by name.
 
 Contract (what the device relies on, and what the tests check through the device):
 
 - ``prepare(settings)`` validates and stores settings; raises ``ConfigError`` (nothing
   changes) when they are invalid. Only called while idle.
-- ``start()`` returns at once; ``state`` is RUNNING from then until the acquisition ends.
+- ``start()`` returns at once (the shutter may open a moment later); ``state`` is RUNNING
+  from then until the acquisition ends.
   With ``acquisition_time > 0`` the pipeline ends by itself (state back to IDLE) after
   ``acquisition_time * frame_count`` seconds of shutter time; with 0 it runs until stopped.
 - ``stop()`` ends the acquisition cleanly (flushes, closes files), returns at once; the
@@ -20,23 +22,28 @@ Contract (what the device relies on, and what the tests check through the device
   a new ``prepare``) brings it back to IDLE.
 - ``listener`` callbacks run on the pipeline's own threads; they must be quick.
   ``("state", PipelineState)`` on every state change, ``("train", train_id)`` each time a
-  train's data are complete (hit map / statistics updated, published downstream).
+  train's data are complete (hit map / statistics updated, published downstream),
+  ``("refresh", None)`` when something the Status or Recording shows changed.
+- ``start_recording(path)`` while idle arms a recording for the next acquisition (backends
+  that receive no data refuse it).
 - ``statistics()`` returns a dict with at least the keys of :data:`STATISTICS_KEYS`;
-  counters are cumulative since the last ``reset_counters()``, rates are per second over
-  the last update interval.
+  counters count this acquisition (``start()`` zeroes them) since the last
+  ``reset_counters()``, rates are per second over the last update interval (0 when idle).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from tpx3lib.errors import ConfigError
 from tpx3lib.pipeline.state import PipelineState
 
 __all__ = [
     "PipelineState", "AcquisitionSettings", "Pipeline", "Listener", "STATISTICS_KEYS",
-    "OUTPUT_PRODUCTS", "TRAIN_ID_SOURCES", "empty_statistics",
+    "OUTPUT_PRODUCTS", "TRAIN_ID_SOURCES", "empty_statistics", "validate_settings",
 ]
 
 
@@ -60,6 +67,7 @@ STATISTICS_KEYS = (
     "centroids_total",   # centroids since reset
     "current_train_id",  # train ID of the last completed train (0 before the first)
     "trains_published",  # trains completed and sent downstream
+    "trains_dropped",    # completed trains the Karabo Bridge publisher could not deliver (counted, never hidden)
     "frames_completed",  # shutter windows completed in this acquisition
 )
 
@@ -85,13 +93,36 @@ class AcquisitionSettings:
     train_id_start: int = 0
     bridge_endpoint: str = ""              # e.g. tcp://127.0.0.1:4545; "" = no Karabo Bridge
     bridge_socket_type: str = "PUB"
-    source_name: str = "tpx3"
+    source_name: str = "TPX3/CAM/1:daqOutput"
     output_directory: str = ""
     chips: tuple[int, ...] = (0,)
     data_destination: str = ""             # "host:port": chip i sends UDP to port + i; "" = as the board is set
     tof_range: tuple[float, float] = (0.0, 1e-3)   # s, histogram range
     tof_bins: int = 1000
     extra: dict = field(default_factory=dict)
+
+
+def validate_settings(settings: AcquisitionSettings) -> None:
+    """Checks every pipeline must make; ConfigError names the setting."""
+    if settings.acquisition_time < 0:
+        raise ConfigError(f"AcquisitionTime must be >= 0 s, got {settings.acquisition_time}")
+    if settings.frame_count < 1:
+        raise ConfigError(f"FrameCount must be >= 1, got {settings.frame_count}")
+    if not settings.output_products:
+        raise ConfigError("no output product selected: enable OutputPixels, OutputEvents or OutputCentroids")
+    unknown = set(settings.output_products) - set(OUTPUT_PRODUCTS)
+    if unknown:
+        raise ConfigError(f"unknown output products {sorted(unknown)}; choose from {OUTPUT_PRODUCTS}")
+    start, end = settings.event_window
+    if not end > start:
+        raise ConfigError(f"the event window must end after it starts: EventWindowStart {start} s, "
+                          f"EventWindowEnd {end} s")
+    if settings.train_id_source not in TRAIN_ID_SOURCES:
+        raise ConfigError(f"train ID source must be one of {TRAIN_ID_SOURCES}, got {settings.train_id_source!r}")
+    if settings.timewalk_table and not os.path.isfile(settings.timewalk_table):
+        raise ConfigError(f"timewalk table {settings.timewalk_table!r} does not exist")
+    if settings.tof_bins < 1:
+        raise ConfigError(f"TofBins must be >= 1, got {settings.tof_bins}")
 
 
 Listener = Callable[[str, object], None]

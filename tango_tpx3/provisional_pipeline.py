@@ -1,4 +1,7 @@
-"""PROVISIONAL pipeline behind Tpx3Pipeline, until tpx3lib's live pipeline exists.
+"""The board-counters pipeline behind Tpx3Pipeline (``PipelineBackend = board-counters``).
+
+It was the provisional backend until the live pipeline existed; it stays selectable as a
+control-only mode (no data path at all: nothing is bound, received, decoded or recorded).
 
 It implements :class:`tango_tpx3.pipeline_iface.Pipeline` with the simplest real thing
 available: it opens the board's shutter for the acquisition time (per frame) through the
@@ -7,13 +10,11 @@ triggers it sent, shutters it opened. It receives and decodes nothing: HitMap an
 TofHistogram stay zero, no Karabo Bridge publishing, no recording (StartRecording is
 refused with a message saying so). Its ``status_note`` puts this in the device's Status.
 
-Replace by an adapter around the live pipeline (capture -> decode -> events -> clusters ->
-Karabo Bridge/HDF5) in :func:`make_pipeline`; the device does not change.
+The real backend is :mod:`tango_tpx3.live_backend` (the default), see :mod:`tango_tpx3.backends`.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -23,10 +24,10 @@ from tpx3lib.errors import ConfigError
 
 from tango_tpx3.common import ensure_omni_thread, parse_address
 from tango_tpx3.pipeline_iface import (
-    OUTPUT_PRODUCTS, TRAIN_ID_SOURCES, AcquisitionSettings, Listener, PipelineState, empty_statistics,
+    AcquisitionSettings, Listener, PipelineState, empty_statistics, validate_settings,
 )
 
-__all__ = ["BoardCounterPipeline", "make_pipeline", "BACKENDS"]
+__all__ = ["BoardCounterPipeline", "make_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +35,11 @@ log = logging.getLogger(__name__)
 UPDATE_INTERVAL = 0.25
 
 
-def validate_settings(settings: AcquisitionSettings) -> None:
-    """Checks every pipeline must make; ConfigError names the setting."""
-    if settings.acquisition_time < 0:
-        raise ConfigError(f"AcquisitionTime must be >= 0 s, got {settings.acquisition_time}")
-    if settings.frame_count < 1:
-        raise ConfigError(f"FrameCount must be >= 1, got {settings.frame_count}")
-    if not settings.output_products:
-        raise ConfigError("no output product selected: enable OutputPixels, OutputEvents or OutputCentroids")
-    unknown = set(settings.output_products) - set(OUTPUT_PRODUCTS)
-    if unknown:
-        raise ConfigError(f"unknown output products {sorted(unknown)}; choose from {OUTPUT_PRODUCTS}")
-    start, end = settings.event_window
-    if not end > start:
-        raise ConfigError(f"the event window must end after it starts: EventWindowStart {start} s, "
-                          f"EventWindowEnd {end} s")
-    if settings.train_id_source not in TRAIN_ID_SOURCES:
-        raise ConfigError(f"train ID source must be one of {TRAIN_ID_SOURCES}, got {settings.train_id_source!r}")
-    if settings.timewalk_table and not os.path.isfile(settings.timewalk_table):
-        raise ConfigError(f"timewalk table {settings.timewalk_table!r} does not exist")
-    if settings.tof_bins < 1:
-        raise ConfigError(f"TofBins must be >= 1, got {settings.tof_bins}")
-
-
 class BoardCounterPipeline:
     """Shutter control and board counters through a :class:`tango_tpx3.board_link.BoardLink`."""
 
-    backend_name = "board-counters (provisional)"
-    status_note = ("Provisional pipeline: opens the shutter and reports the board's own counters; "
+    backend_name = "board-counters"
+    status_note = ("PipelineBackend board-counters: opens the shutter and reports the board's own counters; "
                    "no data are received or decoded (HitMap/TofHistogram stay 0), nothing is published or recorded.")
 
     def __init__(self, link):
@@ -135,7 +113,7 @@ class BoardCounterPipeline:
             self._stop.clear()
             self._hit_map = np.zeros((256, 256), np.uint32)
             self._tof = np.zeros(settings.tof_bins, np.uint32)
-            self._stats["frames_completed"] = 0
+            self._stats = empty_statistics()      # counters are per acquisition
             self._state = PipelineState.RUNNING
             self._fault_reason = ""
             self._thread = threading.Thread(target=ensure_omni_thread(self._run),
@@ -166,7 +144,8 @@ class BoardCounterPipeline:
         return self._tof
 
     def start_recording(self, path: str) -> str:
-        raise ConfigError("the provisional pipeline cannot record: recording arrives with the live pipeline")
+        raise ConfigError("PipelineBackend board-counters cannot record: it receives no data "
+                          "(set the PipelineBackend property to 'live' and Init)")
 
     def stop_recording(self) -> None:
         return None
@@ -292,16 +271,7 @@ class BoardCounterPipeline:
             self._set_state(PipelineState.FAULT, str(exc))
 
 
-#: PipelineBackend property value -> factory(link) -> Pipeline
-BACKENDS = {
-    "board-counters": BoardCounterPipeline,
-}
-
-
 def make_pipeline(backend: str, link):
-    """The pipeline named by the device's PipelineBackend property."""
-    key = (backend or "board-counters").strip().lower()
-    factory = BACKENDS.get(key)
-    if factory is None:
-        raise ConfigError(f"unknown PipelineBackend {backend!r}; available: {', '.join(BACKENDS)}")
-    return factory(link)
+    """Kept for old imports: see :func:`tango_tpx3.backends.make_pipeline`."""
+    from tango_tpx3.backends import make_pipeline as make
+    return make(backend, link)

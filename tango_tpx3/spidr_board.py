@@ -31,15 +31,18 @@ COUNTER_POLL_MS = 1000
 
 
 class ShutterModeEnum(enum.IntEnum):
-    """The SPIDR shutter modes (SET_TRIGCONFIG word 0), as Tango enum labels."""
+    """The SPIDR shutter modes (SET_TRIGCONFIG word 0), as Tango enum labels.
 
-    ExternalRisingFalling = SpidrShutterMode.EXT_RISING_FALLING
-    ExternalFallingRising = SpidrShutterMode.EXT_FALLING_RISING
-    ExternalRisingTimer = SpidrShutterMode.EXT_RISING_TIMER
-    ExternalFallingTimer = SpidrShutterMode.EXT_FALLING_TIMER
-    Auto = SpidrShutterMode.AUTO
-    PulseCounter = SpidrShutterMode.PULSE_COUNTER
-    Open = SpidrShutterMode.OPEN
+    Labels are UPPER_CASE identifiers: ophyd-async's TangoDevice turns enum labels into
+    Python enum member names and refuses any other spelling."""
+
+    EXTERNAL_RISING_FALLING = SpidrShutterMode.EXT_RISING_FALLING
+    EXTERNAL_FALLING_RISING = SpidrShutterMode.EXT_FALLING_RISING
+    EXTERNAL_RISING_TIMER = SpidrShutterMode.EXT_RISING_TIMER
+    EXTERNAL_FALLING_TIMER = SpidrShutterMode.EXT_FALLING_TIMER
+    AUTO = SpidrShutterMode.AUTO
+    PULSE_COUNTER = SpidrShutterMode.PULSE_COUNTER
+    OPEN = SpidrShutterMode.OPEN
 
 
 def _housekeeping(getter, *, unit: str, label: str, doc: str, fmt: str = "%.1f", change: float = 0.5,

@@ -30,7 +30,7 @@ from tpx3lib.errors import ConfigError
 from tango_tpx3.database import kill_process_group
 
 __all__ = ["DeviceServer", "server_command", "wait_for_state", "TangoSystem", "tango_system",
-           "simulator_registration", "BOARD", "CHIP", "PIPELINE", "DEVICES"]
+           "simulator_registration", "free_tcp_port", "process_tree", "BOARD", "CHIP", "PIPELINE", "DEVICES"]
 
 #: Device names of the shipped example registration (tango_tpx3/config/simulator.yaml).
 BOARD = "sim/tpx3/board"
@@ -164,7 +164,7 @@ class TangoSystem:
     sim: object
     db: object
     server: DeviceServer
-    udp: socket.socket
+    udp: socket.socket | None
     workdir: Path
     instance: str
     proxies: dict = field(default_factory=dict)
@@ -203,8 +203,10 @@ class TangoSystem:
         self.server.wait_ready(DEVICES)
 
 
-def simulator_registration(sim_port: int, udp_port: int, instance: str = "sim"):
-    """The shipped example registration, pointed at a simulator port and a UDP data port."""
+def simulator_registration(sim_port: int, udp_port: int | None = None, instance: str = "sim",
+                           pipeline_properties: dict | None = None):
+    """The shipped example registration, pointed at a simulator port (and, if given, a UDP data
+    port as the pipeline's DataDestination); ``pipeline_properties`` are added to Tpx3Pipeline's."""
     import yaml
     from tango_tpx3.database import EXAMPLE_CONFIG, parse_registration
 
@@ -215,21 +217,46 @@ def simulator_registration(sim_port: int, udp_port: int, instance: str = "sim"):
         if dev["class"] == "SpidrBoard":
             dev["properties"]["SpidrAddress"] = f"127.0.0.1:{sim_port}"
         if dev["class"] == "Tpx3Pipeline":
-            dev["properties"]["DataDestination"] = f"127.0.0.1:{udp_port}"
+            if udp_port:
+                dev["properties"]["DataDestination"] = f"127.0.0.1:{udp_port}"
+            dev["properties"].update(pipeline_properties or {})
     return parse_registration(doc, "simulator registration")
 
 
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host`` (for a Karabo Bridge endpoint)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> set[int]:
+    """Pids of the processes below ``pid`` (children, grandchildren, ...) that are alive."""
+    import psutil
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.NoSuchProcess:
+        return set()
+
+
 @contextlib.contextmanager
-def tango_system(workdir: str | os.PathLike, *, instance: str = "test", hit_rate_hz: float = 500.0):
+def tango_system(workdir: str | os.PathLike, *, instance: str = "test", hit_rate_hz: float = 500.0,
+                 backend: str | None = None, pipeline_properties: dict | None = None, model=None):
     """Simulator, database and device server as a facility runs them; all torn down on exit.
 
-    In order: the SPIDR simulator in this process (TCP on a free loopback port); a UDP socket
-    standing in for the data receiver (a free port, so simulated data never reach another
-    run's port); PyTango's sqlite database server (a separate process on a free port); the
-    example registration pointed at both; ``Tpx3Server <instance>`` as a separate process with
-    TANGO_HOST set, waited for until its devices are exported and ON. On exit (also on
-    failure) everything is stopped in reverse order: process groups killed, simulator
-    stopped, sockets closed.
+    In order: the SPIDR simulator in this process (TCP on a free loopback port; ``model`` a
+    :class:`simulators.physics.PhysicsModel`, default: no noise hits, ``hit_rate_hz``
+    particles per second and the model's 10 Hz triggers); PyTango's sqlite database server (a
+    separate process on a free port); the example registration pointed at the simulator, with
+    ``PipelineBackend = backend`` (default: the device's default, the live pipeline, which binds
+    free loopback UDP ports itself) and ``pipeline_properties`` (e.g. BridgeEndpoint,
+    OutputDirectory); ``Tpx3Server <instance>`` as a separate process with TANGO_HOST set,
+    waited for until its devices are exported and ON. With ``backend="board-counters"`` (no
+    receiver of its own) a UDP socket of this process stands in for the data receiver
+    (``system.udp``, the pipeline's DataDestination) so simulated data never reach another
+    run's port. On exit (also on failure) everything is stopped in reverse order: process
+    groups killed, simulator stopped, sockets closed.
     """
     from simulators.physics import PhysicsModel
     from simulators.spidr_board import SimulatedSpidrBoard
@@ -241,16 +268,23 @@ def tango_system(workdir: str | os.PathLike, *, instance: str = "test", hit_rate
         # A light, threshold-independent load: the simulator shares this process and two cores
         # with the database and the server, and these tests are about the control system, not
         # the physics (noise hits off, a modest particle rate).
-        sim = SimulatedSpidrBoard("127.0.0.1", port=0, n_chips=1,
-                                  model=PhysicsModel(hit_rate_hz=hit_rate_hz, noise_f0_hz=0.0)).start()
+        if model is None:
+            model = PhysicsModel(hit_rate_hz=hit_rate_hz, noise_f0_hz=0.0)
+        sim = SimulatedSpidrBoard("127.0.0.1", port=0, n_chips=1, model=model).start()
         stack.callback(sim.stop)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        stack.callback(udp.close)
-        udp.bind(("127.0.0.1", 0))
-        udp.setblocking(False)
+        props = dict(pipeline_properties or {})
+        udp = None
+        if backend:
+            props["PipelineBackend"] = backend
+        if backend == "board-counters":
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            stack.callback(udp.close)
+            udp.bind(("127.0.0.1", 0))
+            udp.setblocking(False)
         db = start_database(workdir, port=0)
         stack.callback(db.stop)
-        register(simulator_registration(sim.port, udp.getsockname()[1], instance), db.tango_host)
+        register(simulator_registration(sim.port, udp.getsockname()[1] if udp else None, instance, props),
+                 db.tango_host)
         server = DeviceServer(instance, db.tango_host, log_dir=workdir).start()
         system = TangoSystem(sim, db, server, udp, workdir, instance)
         stack.callback(lambda: system.server.stop())

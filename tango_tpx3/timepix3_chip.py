@@ -39,23 +39,23 @@ log = logging.getLogger(__name__)
 
 
 class OperationModeEnum(enum.IntEnum):
-    """Timepix3 readout modes (labels of the Tango enum)."""
+    """Timepix3 readout modes (labels of the Tango enum; UPPER_CASE, as ophyd-async requires)."""
 
-    ToaTot = 0
-    Toa = 1
-    EventItot = 2
+    TOA_TOT = 0
+    TOA = 1
+    EVENT_ITOT = 2
 
 
-_MODE_TO_LIB = {OperationModeEnum.ToaTot: OperationMode.TOA_TOT, OperationModeEnum.Toa: OperationMode.TOA,
-                OperationModeEnum.EventItot: OperationMode.EVENT_ITOT}
+_MODE_TO_LIB = {OperationModeEnum.TOA_TOT: OperationMode.TOA_TOT, OperationModeEnum.TOA: OperationMode.TOA,
+                OperationModeEnum.EVENT_ITOT: OperationMode.EVENT_ITOT}
 _MODE_FROM_LIB = {v: k for k, v in _MODE_TO_LIB.items()}
 
 
 class PolarityEnum(enum.IntEnum):
     """Charge collected: Positive (holes, e.g. n-on-p... as SoPhy calls it) or Negative (electrons)."""
 
-    Positive = 0
-    Negative = 1
+    POSITIVE = 0
+    NEGATIVE = 1
 
 
 #: General-configuration switches exposed as boolean attributes: attribute -> GeneralConfig field

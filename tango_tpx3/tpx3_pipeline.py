@@ -16,7 +16,11 @@ LImA-style aliases for generic 2D-detector clients: ``acq_expo_time`` (= Acquisi
 Events: change events on State and on the counters (pushed at most every
 ``EVENT_INTERVAL`` s while running, and always once with the final values when an
 acquisition ends, before State leaves RUNNING); a data-ready event on ``HitMap`` per
-completed train (its counter is TrainsPublished).
+completed train (its counter is the train's number in this acquisition: 1, 2, ...).
+
+Which pipeline serves the device is its ``PipelineBackend`` property (:mod:`tango_tpx3.backends`):
+``live`` (default) receives, decodes, clusters, publishes and records; ``board-counters`` only
+drives the shutter and reports the board's counters.
 """
 from __future__ import annotations
 
@@ -52,11 +56,11 @@ def _validate_socket_type(value: str) -> None:
 
 
 class TrainIdSource(enum.IntEnum):
-    """Where train IDs come from (``Off``: every train ID is 0)."""
+    """Where train IDs come from (``OFF``: every train ID is 0). UPPER_CASE labels, as ophyd-async requires."""
 
-    Off = 0
-    Internal = 1
-    Trigger = 2
+    OFF = 0
+    INTERNAL = 1
+    TRIGGER = 2
 
 
 #: Counter/rate attributes -> (statistics key, Tango dtype, unit, label, description)
@@ -70,6 +74,9 @@ _STATISTICS = {
     "HitsTotal": ("hits_total", int, "", "hits total", "pixel hits since the last ResetCounters"),
     "CurrentTrainId": ("current_train_id", int, "", "current train ID", "train ID of the last completed train"),
     "TrainsPublished": ("trains_published", int, "", "trains published", "trains completed and sent downstream"),
+    "TrainsDropped": ("trains_dropped", int, "", "trains dropped",
+                      "completed trains the Karabo Bridge publisher could not deliver (queue full, no consumer "
+                      "at the end of the acquisition, not serializable)"),
 }
 #: Attributes with change events pushed by the device.
 _EVENT_ATTRS = tuple(_STATISTICS) + ("Recording", "RecordingPath", "last_image_ready")
@@ -100,16 +107,19 @@ class Tpx3Pipeline(Device):
     BridgeSocketType = device_property(dtype=str, default_value="PUB", doc="Karabo Bridge socket: PUB, PUSH or REP")
     BridgeSocketType.tpx3_validate = _validate_socket_type
     SourceName = device_property(dtype=str, default_value="",
-                                 doc="source name in the Karabo Bridge data (default: the device name)")
+                                 doc="source name in the Karabo Bridge data and run files (default: the device name in capitals + ':daqOutput', e.g. SIM/TPX3/PIPELINE:daqOutput)")
     OutputDirectory = device_property(dtype=str, default_value="",
-                                      doc="directory for recordings started without a full path "
-                                          "(default: the server's working directory)")
+                                      doc="European XFEL run files go to OutputDirectory/r<NNNN>/ (one run per "
+                                          "acquisition, with train IDs on); also the directory of recordings "
+                                          "started without a full path (default: the server's working directory)")
     DataDestination = device_property(dtype=str, default_value="",
-                                      doc="host:port the chips send UDP data to (chip i: port + i); "
-                                          "'' = leave the board's setting (default 127.0.0.1:8192 + i)")
+                                      doc="host:port the chips send UDP data to and the receivers bind (chip i: "
+                                          "port + i); '' = free ports on 127.0.0.1 (live backend) or the board's "
+                                          "setting (board-counters)")
     DataDestination.tpx3_validate = validate_address
-    PipelineBackend = device_property(dtype=str, default_value="board-counters",
-                                      doc="pipeline implementation; 'board-counters' is the provisional one")
+    PipelineBackend = device_property(dtype=str, default_value="live",
+                                      doc="pipeline implementation: 'live' (receive, decode, cluster, publish, "
+                                          "record) or 'board-counters' (shutter and the board's counters only)")
 
     # ---------------------------------------------------------------- settings
     AcquisitionTime = attribute(
@@ -136,8 +146,8 @@ class Tpx3Pipeline(Device):
         doc="hits later than this after a trigger are not part of its event (also the ToF histogram range)")
     ClusterRadius = attribute(
         dtype=float, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, unit="px",
-        format="%.3g", min_value=0, max_value=64, label="cluster radius",
-        doc="hits within this distance (pixels) belong to the same cluster")
+        format="%.3g", min_value=0, max_value=16, label="cluster radius",
+        doc="hits within this distance (pixels, max(|dx|, |dy|), a whole number) belong to the same cluster")
     ClusterTimeWindow = attribute(
         dtype=float, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, unit="s",
         format="%.3g", min_value=0, max_value=1e-3, label="cluster time window",
@@ -148,14 +158,14 @@ class Tpx3Pipeline(Device):
     TotThreshold = attribute(
         dtype=float, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, unit="ns",
         format="%.1f", min_value=0, max_value=25575, label="ToT threshold",
-        doc="hits with a smaller time over threshold are dropped")
+        doc="hits with a time over threshold at or below this are left out of clustering (centroids)")
     TimewalkTable = attribute(
         dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, label="timewalk table",
         doc="path of a timewalk correction table ('' = none)")
     TrainIdSource = attribute(
         dtype=TrainIdSource, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
-        label="train ID source", doc="Off: train ID 0; Internal: trains counted from TrainIdStart; "
-                                     "Trigger: the trigger counter plus TrainIdStart")
+        label="train ID source", doc="OFF: train ID 0; INTERNAL: trains counted from TrainIdStart on the "
+                                     "10 Hz grid of the triggers; TRIGGER: the trigger counter plus TrainIdStart")
     TrainIdStart = attribute(
         dtype=int, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, min_value=0,
         format="%d", label="train ID start", doc="first train ID (Internal) or offset (Trigger)")
@@ -176,6 +186,7 @@ class Tpx3Pipeline(Device):
     HitsTotal = _stat_attribute("HitsTotal")
     CurrentTrainId = _stat_attribute("CurrentTrainId")
     TrainsPublished = _stat_attribute("TrainsPublished")
+    TrainsDropped = _stat_attribute("TrainsDropped")
     HitMap = attribute(dtype=((np.uint32,),), max_dim_x=1024, max_dim_y=1024, label="hit map",
                        doc="hits per pixel since the acquisition started (rows = y); a data-ready event "
                            "announces each train")
@@ -200,13 +211,14 @@ class Tpx3Pipeline(Device):
         self.set_state(DevState.INIT)
         self._lock = threading.RLock()
         self._settings = AcquisitionSettings()
-        self._settings.source_name = self.SourceName or self.get_name()
+        self._settings.source_name = self.SourceName or f"{self.get_name().upper()}:daqOutput"
         self._prepared = False
         self._pipeline = None
         self._link = None
         self._init_error = ""
         self._events: queue.Queue = queue.Queue()
         self._last_pushed: dict[str, object] = {}
+        self._trains_announced = 0     # data-ready counter: trains completed in this acquisition
         self._event_thread = None
         self.set_change_event("State", True, False)
         self.set_change_event("Status", True, False)
@@ -224,8 +236,8 @@ class Tpx3Pipeline(Device):
             address = board_link.address_of_board(self.Board)
             self._settings.chips = tuple(board_link.chip_index_of(c) for c in self.Chips) or (0,)
             self._link = board_link.acquire(address, timeout=board_link.timeout_of_board(self.Board))
-            from tango_tpx3.provisional_pipeline import make_pipeline
-            self._pipeline = make_pipeline(self.PipelineBackend, self._link)
+            from tango_tpx3.backends import make_pipeline
+            self._pipeline = make_pipeline(self.PipelineBackend, self._link, self.get_name())
         except Exception as exc:  # noqa: BLE001 - a bad configuration is a FAULT with its reason
             self._init_error = f"cannot set up the pipeline: {exc}"
             log.error("%s: %s", self.get_name(), self._init_error)
@@ -311,7 +323,8 @@ class Tpx3Pipeline(Device):
                 if kind == "quit":
                     return
                 if kind == "train":
-                    self.push_data_ready_event("HitMap", int(self._statistic("trains_published")))
+                    self._trains_announced += 1
+                    self.push_data_ready_event("HitMap", self._trains_announced)
                 elif kind == "state":
                     if value is not PipelineState.RUNNING:
                         self._push_counters(force=True)   # final values, before State leaves RUNNING
@@ -491,8 +504,7 @@ class Tpx3Pipeline(Device):
         return self._settings_writable(req_type)
 
     def read_TrainIdSource(self):
-        return TrainIdSource[{"off": "Off", "internal": "Internal", "trigger": "Trigger"}[
-            self._settings.train_id_source]]
+        return TrainIdSource[self._settings.train_id_source.upper()]
 
     def write_TrainIdSource(self, value):
         self._set("train_id_source", TrainIdSource(int(value)).name.lower())
@@ -575,6 +587,7 @@ class Tpx3Pipeline(Device):
                                               for k in self._settings.__dataclass_fields__})
         if settings.output_directory and not os.path.isabs(settings.output_directory):
             settings.output_directory = os.path.abspath(settings.output_directory)
+        settings.tof_range = tuple(settings.event_window)   # TofHistogram spans the event window
         pipeline.prepare(settings)
         self._prepared = True
         self._events.put(("refresh", None))
@@ -591,12 +604,14 @@ class Tpx3Pipeline(Device):
         # Also in FAULT: a new Prepare clears a failed acquisition (a lost board stays FAULT).
         return self.get_state() in (DevState.ON, DevState.FAULT)
 
-    @command(doc_in="start acquiring; returns at once, State is RUNNING until the acquisition ends")
+    @command(doc_in="start acquiring; returns at once (the shutter opens moments later), State is RUNNING "
+                    "until the acquisition ends")
     @translate_errors
     def Start(self):
         if not self._prepared:
             self._prepare()
         pipeline = self._require_pipeline()
+        self._trains_announced = 0
         pipeline.start()
         self._prepared = False
         self._last_pushed.clear()

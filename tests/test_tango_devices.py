@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import h5py
 import numpy as np
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from tango import DevState
 
 from tango_tpx3.testing import tango_system, wait_for_state
 from tpx3lib.config import load_config
+from tpx3lib.demo import warm_up
 from tpx3lib.spidr.protocol import ShutterMode
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
+    warm_up(out=lambda *_: None)      # numba kernels cached before the server's first acquisition
     with tango_system(tmp_path_factory.mktemp("tango")) as s:
         yield s
 
@@ -58,6 +61,14 @@ def on(system):
 
 def desc(excinfo) -> str:
     return " ".join(e.desc for e in excinfo.value.args)
+
+
+def wait_until(predicate, timeout=15.0):
+    """Wait for a condition (the timeout is a safety net, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 class Events:
@@ -165,7 +176,7 @@ def test_bias_voltage_limits_enforced_by_tango(on):
 
 def test_shutter_settings_and_commands(quiet):
     b, sim = quiet.board, quiet.sim
-    b.ShutterMode = "Auto"
+    b.ShutterMode = "AUTO"
     b.ShutterLength = 2000
     b.ShutterFrequency = 7
     b.ShutterCount = 3
@@ -211,13 +222,13 @@ def test_dac_writes_reach_the_chip_and_limits_are_enforced(on):
 
 def test_modes_reach_the_general_configuration(on):
     c, sim = on.chip, on.sim
-    c.OperationMode = "Toa"
-    c.Polarity = "Negative"
+    c.OperationMode = "TOA"
+    c.Polarity = "NEGATIVE"
     word = sim.chips[0].gen_config
     assert word & 0x6 == 0x2 and word & 0x1 == 1        # ToA only, negative (spec bit layout)
     assert c.OperationMode == 1 and c.Polarity == 1
-    c.OperationMode = "ToaTot"
-    c.Polarity = "Positive"
+    c.OperationMode = "TOA_TOT"
+    c.Polarity = "POSITIVE"
     assert sim.chips[0].gen_config & 0x7 == 0
 
 
@@ -331,7 +342,7 @@ def test_server_restart_keeps_memorized_settings(on):
     s = on
     s.chip.Vthreshold_fine = 433
     s.chip.Ibias_Ikrum = 17
-    s.chip.OperationMode = "EventItot"
+    s.chip.OperationMode = "EVENT_ITOT"
     s.board.BiasVoltage = 60.0
     s.pipeline.AcquisitionTime = 0.75
     s.pipeline.acq_nb_frames = 4
@@ -346,7 +357,7 @@ def test_server_restart_keeps_memorized_settings(on):
     assert s.chip.OperationMode == 2 and s.sim.chips[0].gen_config & 0x6 == 0x4
     assert s.sim.bias_dac == int((60 - 12) * 4095 / 92)
     assert s.pipeline.AcquisitionTime == pytest.approx(0.75) and s.pipeline.FrameCount == 4
-    s.chip.OperationMode = "ToaTot"
+    s.chip.OperationMode = "TOA_TOT"
     s.pipeline.FrameCount = 1
 
 
@@ -357,33 +368,33 @@ def test_timed_acquisition_returns_to_on_by_itself_with_events(quiet):
     p, sim = on.pipeline, on.sim
     p.AcquisitionTime = 0.3
     p.FrameCount = 2
-    p.TrainIdSource = "Internal"
+    p.TrainIdSource = "INTERNAL"
     p.TrainIdStart = 1000
     states = Events(p, "State")
     trains = Events(p, "TrainsPublished")
     ready = Events(p, "HitMap", tango.EventType.DATA_READY_EVENT)
     try:
         shutters = sim.shutter_counter
+        udp_before = on.board.UdpPacketCounter
         p.Prepare()
         p.Start()
-        assert p.state() in (DevState.RUNNING, DevState.ON)
-        assert p.acq_status in ("Running", "Ready")
-        wait_for_state(p, DevState.ON, timeout=20)
-        assert sim.shutter_counter == shutters + 2 and not sim.shutter_open
-        assert p.TrainsPublished == 2 and p.CurrentTrainId == 1001 and p.last_image_ready == 1
+        assert p.state() == DevState.RUNNING       # until the pipeline says it is done
+        assert p.acq_status == "Running"
+        wait_for_state(p, DevState.ON, timeout=30)
+        # One shutter window of 2 x 0.3 s, closed again.
+        assert sim.shutter_counter == shutters + 1 and not sim.shutter_open
+        assert p.last_image_ready == 1
+        # The simulator triggers at 10 Hz: trains are triggers, numbered from TrainIdStart.
+        n = p.TrainsPublished
+        assert n >= 1 and p.CurrentTrainId == 1000 + n - 1
         assert states.wait(lambda e: DevState.RUNNING in e.values() and e.values()[-1] == DevState.ON)
-        assert trains.wait(lambda e: e.values() and e.values()[-1] == 2)   # the final value is always pushed
-        assert ready.wait(lambda e: len(e.counters()) == 2)
+        assert trains.wait(lambda e: e.values() and e.values()[-1] == n)   # the final value is always pushed
+        assert ready.wait(lambda e: len(e.counters()) == n)                # one data-ready event per train
+        assert ready.counters() == list(range(1, n + 1))
         assert p.acq_status == "Ready"
-        # Counters the board reported: it streamed UDP to our socket while the shutter was open.
-        received = 0
-        while True:
-            try:
-                on.udp.recv(65536)
-                received += 1
-            except BlockingIOError:
-                break
-        assert p.PacketsReceived > 0 and received <= p.PacketsReceived
+        # Every datagram the board sent (its own counter) was received.
+        sent = on.board.UdpPacketCounter - udp_before
+        assert sent > 0 and p.PacketsReceived == sent and p.PacketsLost == 0
     finally:
         for ev in (states, trains, ready):
             ev.close()
@@ -394,7 +405,8 @@ def test_commands_in_every_state(quiet):
     p = on.pipeline
     p.AcquisitionTime = 0             # until stopped
     p.startAcq()
-    assert p.state() == DevState.RUNNING and on.sim.shutter_open
+    assert p.state() == DevState.RUNNING
+    wait_until(lambda: on.sim.shutter_open)   # Start returns at once; the shutter opens moments later
     with pytest.raises(tango.DevFailed):
         p.Start()
     with pytest.raises(tango.DevFailed):
@@ -418,7 +430,7 @@ def test_commands_in_every_state(quiet):
     p.AcquisitionTime = 0.2
 
 
-def test_bad_settings_are_refused_and_the_device_stays_usable(quiet):
+def test_bad_settings_are_refused_and_the_device_stays_usable(quiet, tmp_path):
     on = quiet
     p = on.pipeline
     p.EventWindowStart = 2e-3
@@ -435,9 +447,27 @@ def test_bad_settings_are_refused_and_the_device_stays_usable(quiet):
     p.OutputCentroids = True
     with pytest.raises(tango.DevFailed):
         p.AcquisitionTime = -1
+    existing = tmp_path / "taken.tpx3raw"
+    existing.write_bytes(b"")
     with pytest.raises(tango.DevFailed) as exc:
-        p.StartRecording("run1.h5")
-    assert "cannot record" in desc(exc)
+        p.StartRecording(str(existing))
+    assert "exists" in desc(exc)
+    p.TrainIdSource = "INTERNAL"
+    p.TrainIdStart = 0                 # a train ID is >= 1
+    with pytest.raises(tango.DevFailed) as exc:
+        p.Prepare()
+    assert "TrainIdStart" in desc(exc)
+    p.TrainIdSource = "OFF"
+    p.ClusterRadius = 1.5              # the clustering links whole pixel distances
+    with pytest.raises(tango.DevFailed) as exc:
+        p.Prepare()
+    assert "ClusterRadius" in desc(exc)
+    p.ClusterRadius = 1
+    p.TimewalkTable = str(tmp_path / "no-such-table.npy")
+    with pytest.raises(tango.DevFailed) as exc:
+        p.Prepare()
+    assert "no-such-table.npy" in desc(exc)
+    p.TimewalkTable = ""
     assert p.state() == DevState.ON and not p.Recording
     p.AcquisitionTime = 0.1
     p.Start()
@@ -500,16 +530,18 @@ def test_config_file_property_applied_at_init(on, data_dir):
     wait_for_state(s.chip, DevState.ON, timeout=30)
 
 
-def test_the_tango_demo_runs_and_cleans_up(tmp_path):
-    from tango_tpx3.demo import run
+def test_the_demo_runs_end_to_end_and_cleans_up(tmp_path, capsys):
+    """``make demo`` (shortened): Tango acquisition, Karabo Bridge, recording, HDF5, PNG."""
+    from tpx3lib.demo import main
 
-    lines = []
-    summary = run(tmp_path, acquisition_time=0.2, frames=2, out=lines.append)
-    assert summary["trains_published"] == 2
-    assert summary["state_events"][-1] == "ON" and "RUNNING" in summary["state_events"]
-    assert lines[-1] == "Everything stopped."
-    log = (tmp_path / "Tpx3Server-demo.log").read_text()
-    assert "Ready to accept request" in log
+    assert main(["--seconds", "1.5", "--output", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "ON -> RUNNING -> ON" in text and "none left" in text
+    assert "(same as live)" in text and "0 train-ID gaps" in text
+    png = tmp_path / "tpx3-demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with h5py.File(tmp_path / "demo-run.h5") as f:
+        assert f["raw/x"].shape[0] > 0 and f["centroided/x"].shape[0] > 0
 
 
 def test_lima_alias_writes_survive_init(on):

@@ -282,7 +282,7 @@ class LivePipeline:
         return {"chips": list(self.chips), "products": cfg0.products,
                 "config": {c: cfg.to_dict() for c, cfg in self.processing.items()},
                 "event_window_s": cfg0.event_window_s, "start_time_ns": self._start_time_ns,
-                "ports": self.ports}
+                "ports": self.ports, "train_ids": self.train_id_source is not None}
 
     def _deliver_chunk(self, chunk: ProcessedChunk) -> None:
         self._track_trains(chunk)

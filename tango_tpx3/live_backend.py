@@ -49,11 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from tpx3lib.errors import ConfigError
+from tpx3lib.pipeline.state import StateReporter
 from tpx3lib.trainid import TrainIdSource
 
 from tango_tpx3.common import ensure_omni_thread, parse_address
 from tango_tpx3.pipeline_iface import (
-    STATISTICS_KEYS, AcquisitionSettings, Listener, PipelineState, empty_statistics, validate_settings,
+    STATISTICS_KEYS, AcquisitionSettings, PipelineState, empty_statistics, validate_settings,
 )
 
 __all__ = ["LiveBackend", "TriggerCounterTrainIdSource", "BOARD_POLL_INTERVAL", "RAW_SUFFIX"]
@@ -103,7 +104,7 @@ class _Plan:
     sinks: list               # factories () -> Sink
 
 
-class LiveBackend:
+class LiveBackend(StateReporter):
     """The acquisition: tpx3lib's LivePipeline plus the board's shutter (see the module docstring)."""
 
     backend_name = "live"
@@ -113,9 +114,7 @@ class LiveBackend:
         self._device_name = device_name
         self._capture_options = {"ring_bytes": DEFAULT_RING_BYTES, **(capture_options or {})}
         self._lock = threading.RLock()
-        self._state = PipelineState.IDLE
-        self._fault_reason = ""
-        self._listener: Listener | None = None
+        self._init_state()
         self._settings = AcquisitionSettings()
         self._plan: _Plan | None = None
         self._pipe = None                     # the LivePipeline of the current or last acquisition
@@ -138,14 +137,6 @@ class LiveBackend:
 
     # ---------------------------------------------------------------- Pipeline protocol
     @property
-    def state(self) -> PipelineState:
-        return self._state
-
-    @property
-    def fault_reason(self) -> str:
-        return self._fault_reason
-
-    @property
     def recording(self) -> bool:
         pipe = self._pipe
         return bool(self._armed_recording) or (pipe is not None and pipe.recording)
@@ -156,25 +147,6 @@ class LiveBackend:
         if pipe is not None and pipe.recording:
             return pipe.recording_path
         return self._armed_recording or self._last_recording_path
-
-    def set_listener(self, listener: Listener | None) -> None:
-        self._listener = listener
-
-    def _emit(self, kind: str, value) -> None:
-        listener = self._listener
-        if listener is not None:
-            try:
-                listener(kind, value)
-            except Exception:  # noqa: BLE001
-                log.exception("pipeline listener failed")
-
-    def _set_state(self, state: PipelineState, reason: str = "") -> None:
-        with self._lock:
-            self._state = state
-            self._fault_reason = reason if state is PipelineState.FAULT else ""
-        if state is PipelineState.FAULT:
-            log.error("acquisition failed: %s", reason)
-        self._emit("state", state)
 
     def prepare(self, settings: AcquisitionSettings) -> None:
         if self._state is PipelineState.RUNNING:

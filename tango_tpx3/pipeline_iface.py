@@ -34,12 +34,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import os
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from tpx3lib.errors import ConfigError
-from tpx3lib.pipeline.state import PipelineState
+from tpx3lib.pipeline.state import Listener, PipelineState
 
 __all__ = [
     "PipelineState", "AcquisitionSettings", "Pipeline", "Listener", "STATISTICS_KEYS",
@@ -125,7 +125,6 @@ def validate_settings(settings: AcquisitionSettings) -> None:
         raise ConfigError(f"TofBins must be >= 1, got {settings.tof_bins}")
 
 
-Listener = Callable[[str, object], None]
 
 
 @runtime_checkable

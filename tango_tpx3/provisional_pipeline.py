@@ -20,11 +20,13 @@ import time
 
 import numpy as np
 
+from tpx3lib.pipeline.state import StateReporter
+
 from tpx3lib.errors import ConfigError
 
 from tango_tpx3.common import ensure_omni_thread, parse_address
 from tango_tpx3.pipeline_iface import (
-    AcquisitionSettings, Listener, PipelineState, empty_statistics, validate_settings,
+    AcquisitionSettings, PipelineState, empty_statistics, validate_settings,
 )
 
 __all__ = ["BoardCounterPipeline", "make_pipeline"]
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 UPDATE_INTERVAL = 0.25
 
 
-class BoardCounterPipeline:
+class BoardCounterPipeline(StateReporter):
     """Shutter control and board counters through a :class:`tango_tpx3.board_link.BoardLink`."""
 
     backend_name = "board-counters"
@@ -45,9 +47,7 @@ class BoardCounterPipeline:
     def __init__(self, link):
         self._link = link
         self._lock = threading.RLock()
-        self._state = PipelineState.IDLE
-        self._fault_reason = ""
-        self._listener: Listener | None = None
+        self._init_state()
         self._settings = AcquisitionSettings()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,37 +57,12 @@ class BoardCounterPipeline:
 
     # ---------------------------------------------------------------- Pipeline protocol
     @property
-    def state(self) -> PipelineState:
-        return self._state
-
-    @property
-    def fault_reason(self) -> str:
-        return self._fault_reason
-
-    @property
     def recording(self) -> bool:
         return False
 
     @property
     def recording_path(self) -> str:
         return ""
-
-    def set_listener(self, listener: Listener | None) -> None:
-        self._listener = listener
-
-    def _emit(self, kind: str, value) -> None:
-        listener = self._listener
-        if listener is not None:
-            try:
-                listener(kind, value)
-            except Exception:  # noqa: BLE001
-                log.exception("pipeline listener failed")
-
-    def _set_state(self, state: PipelineState, reason: str = "") -> None:
-        with self._lock:
-            self._state = state
-            self._fault_reason = reason
-        self._emit("state", state)
 
     def prepare(self, settings: AcquisitionSettings) -> None:
         validate_settings(settings)

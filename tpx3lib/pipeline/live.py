@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError, Tpx3Error
 from .processor import ChipProcessor, ProcessedChunk, ProcessingConfig
 from .sinks import CallbackSink, Sink, StatisticsSink
-from .state import PipelineState
+from .state import PipelineState, StateReporter
 
 __all__ = ["LivePipeline", "PipelineError", "recording_paths"]
 
@@ -136,7 +136,7 @@ class _ChipWorker(threading.Thread):
         self.pipe._deliver_chunk(chunk)
 
 
-class LivePipeline:
+class LivePipeline(StateReporter):
     """The live acquisition pipeline (see the module docstring).
 
     Parameters
@@ -181,11 +181,9 @@ class LivePipeline:
         self.read_bytes = int(read_bytes)
         self.monitor_interval_s = float(monitor_interval_s)
         self.stats = StatisticsSink(window_s=stats_window_s, tof_range_s=tof_range_s, tof_bins=tof_bins)
-        self._listener = listener
+        self._init_state(listener)
         self._lock = threading.RLock()          # state changes, start/stop
         self._sink_lock = threading.Lock()      # the sink list while delivering
-        self._state = PipelineState.IDLE
-        self._fault_reason = ""
         self._capture = None
         self._workers: dict[int, _ChipWorker] = {}
         self._monitor: threading.Thread | None = None
@@ -219,14 +217,6 @@ class LivePipeline:
 
     # ------------------------------------------------------------------ state
     @property
-    def state(self) -> PipelineState:
-        return self._state
-
-    @property
-    def fault_reason(self) -> str:
-        return self._fault_reason
-
-    @property
     def running(self) -> bool:
         return self._state is PipelineState.RUNNING
 
@@ -238,28 +228,6 @@ class LivePipeline:
         if self._final.get("ports"):
             return list(self._final["ports"])
         return self.ports_requested or [8192 + c for c in self.chips]
-
-    def set_listener(self, listener: Callable[[str, object], None] | None) -> None:
-        self._listener = listener
-
-    def _emit(self, kind: str, value) -> None:
-        fn = self._listener
-        if fn is not None:
-            try:
-                fn(kind, value)
-            except Exception:  # a listener must not break the pipeline
-                log.exception("pipeline listener raised on %s", kind)
-
-    def _set_state(self, state: PipelineState, reason: str = "") -> None:
-        with self._lock:
-            if state is self._state and reason == self._fault_reason:
-                return
-            self._state = state
-            self._fault_reason = reason if state is PipelineState.FAULT else ""
-        if state is PipelineState.FAULT:
-            log.error("pipeline FAULT: %s", reason)
-            self._emit("fault", reason)
-        self._emit("state", state)
 
     # ------------------------------------------------------------------ sinks
     def add_sink(self, sink: Sink) -> None:

@@ -238,6 +238,10 @@ class _ChipSender:
         self.sock.close()
 
 
+#: How long start() waits for the generator's kernels to load before streaming asynchronously.
+WARM_UP_WAIT_S = 1.0
+
+
 class UdpDataStreamer:
     """Streams ``generator``'s words for board time from ``clock`` to ``destinations`` over UDP.
 
@@ -277,6 +281,8 @@ class UdpDataStreamer:
         self.worst_lag_s = 0.0                 # how far generation fell behind real time
         self.skipped_s = 0.0                   # board time skipped (no data) to catch up, see _step
         self.stop_skipped_s = 0.0              # board time not generated at stop (budget spent), see _finish
+        self._warming = False                  # the thread is loading the kernels (see _run)
+        self._abandoned: threading.Thread | None = None   # a thread stopped while warming up
         self._stop_tick: int | None = None     # board time of the stop request
         self.slices = 0
         self.error: BaseException | None = None
@@ -327,9 +333,20 @@ class UdpDataStreamer:
         """Start streaming from the clock's current time (again after a stop: a new run)."""
         if self.running:
             return
-        warm_up()               # the kernels' first load must not put the stream behind the clock
+        old = self._abandoned
+        if old is not None:              # a run stopped while its kernels were still loading
+            old.join()
+            self._abandoned = None
+        # Load the generator's kernels: usually well under a second (numba's cache), and start()
+        # waits for that so the stream starts with the shutter. A first compile (cold cache) takes
+        # several seconds: then start() returns after WARM_UP_WAIT_S (the board must answer
+        # AUTOTRIG_START in time) and the thread starts streaming when the kernels are ready.
+        loader = threading.Thread(target=warm_up, name="tpx3-sim-warm-up", daemon=True)
+        loader.start()
+        loader.join(WARM_UP_WAIT_S)
         self._stop.clear()
         self._stop_tick = None
+        self._warming = True
         self._last = self.clock.now_ticks()
         self.error = None
         self._thread = threading.Thread(target=self._run, name="tpx3-sim-udp", daemon=True)
@@ -345,6 +362,12 @@ class UdpDataStreamer:
         if self._stop_tick is None:
             self._stop_tick = self.clock.now_ticks()
         self._stop.set()
+        if self._warming:
+            # Still loading the kernels (cold numba cache): nothing was generated yet and nothing
+            # will be; the thread counts the whole run as skipped and ends by itself. Do not make
+            # the caller (the board's AUTOTRIG_STOP reply) wait for a compile.
+            self._abandoned, self._thread = t, None
+            return
         t.join(timeout)
         if t.is_alive():
             raise TimeoutError("the UDP sending thread did not finish")
@@ -416,6 +439,18 @@ class UdpDataStreamer:
     # ------------------------------------------------------------ the sending thread
     def _run(self) -> None:
         try:
+            # Load the kernels here, not in start(): start() runs in the board's reply to
+            # AUTOTRIG_START, and a first compile (cold numba cache) would outlast the client's
+            # timeout. Board time that passes meanwhile is skipped and counted (skipped_s), like
+            # any other lag beyond max_lag_s.
+            warm_up()
+            self._warming = False
+            if self._stop.is_set() and self._thread is not threading.current_thread():
+                left = max(0, self._stop_tick - self._last) / TICKS_PER_SECOND
+                self.stop_skipped_s += left
+                log.warning("stopped while loading the generator's kernels: %.3f s of board time "
+                            "not generated; it is not in the stream nor in the truth", left)
+                return
             while not self._stop.wait(self.tick_s):
                 self._step()
             self._finish()

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def busy_sim():
+def busy_sim(sim_kernels):
     board = SimulatedSpidrBoard(port=0, n_chips=1, model=PhysicsModel(hit_rate_hz=20_000, noise_f0_hz=0,
                                                                         seed=4)).start()
     try:

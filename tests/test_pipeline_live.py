@@ -26,6 +26,11 @@ from tpx3lib.pipeline.live import PipelineError, recording_paths
 from tpx3lib.pipeline.sinks import CallbackSink, Sink
 from tpx3lib.trainid import CountingTrainIdSource
 
+
+@pytest.fixture(autouse=True)
+def _loaded_kernels(sim_kernels):
+    """These tests stream simulated data: load the generator first (see conftest.sim_kernels)."""
+
 pytestmark = pytest.mark.timeout(300)
 
 RING = {"ring_bytes": 32 << 20}

@@ -13,6 +13,11 @@ from simulators.udp_stream import DataFaults
 from tpx3lib.spidr import SpidrBoard
 
 
+@pytest.fixture(autouse=True)
+def _loaded_kernels(sim_kernels):
+    """These tests stream simulated data: load the generator first (see conftest.sim_kernels)."""
+
+
 def wait_for(cond, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not cond():

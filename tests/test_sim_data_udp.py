@@ -55,6 +55,11 @@ class Receiver:
         self.sock.close()
 
 
+@pytest.fixture(autouse=True)
+def _loaded_kernels(sim_kernels):
+    """Every test here streams: load the generator first (see conftest.sim_kernels)."""
+
+
 @pytest.fixture
 def receiver():
     r = Receiver()
@@ -306,3 +311,29 @@ def test_stop_is_prompt_at_a_high_rate_and_the_truth_is_what_was_sent(receiver):
     # nothing after the stop request and nothing from the time it had no budget for
     end_units = st._last * 4096
     assert truth.clusters["t"].max() < end_units
+
+
+def test_a_stop_while_the_kernels_still_load_returns_at_once_and_sends_nothing(receiver, monkeypatch):
+    """A cold numba cache makes the first warm-up take seconds; the board's AUTOTRIG_START and
+    AUTOTRIG_STOP replies must not wait for it. (The slow compile is the one fault simulated by
+    replacing warm_up: it cannot be produced on demand in a process whose kernels are loaded.)"""
+    import simulators.udp_stream as us
+    release = threading.Event()
+    monkeypatch.setattr(us, "warm_up", lambda: release.wait(10))
+    gen = HitGenerator(PhysicsModel(hit_rate_hz=30_000, seed=3))
+    st = UdpDataStreamer(gen, BoardClock(), [receiver.addr], collect_truth=True)
+    t0 = time.monotonic()
+    st.start()
+    time.sleep(0.3)
+    st.stop()
+    assert time.monotonic() - t0 < 1.0 + 0.3 + 1.0      # start waited WARM_UP_WAIT_S at most, stop not at all
+    release.set()
+    time.sleep(0.3)
+    assert st.counters[0].datagrams == 0 and len(st.truth().hits) == 0
+    assert st.stop_skipped_s >= 0.25                    # the skipped board time is counted
+    monkeypatch.setattr(us, "warm_up", lambda: None)
+    st.start()                                          # the next run streams normally
+    time.sleep(0.3)
+    st.stop()
+    st.close()
+    assert st.counters[0].datagrams > 0

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from tpx3lib.errors import ConfigError
 from tango_tpx3.database import kill_process_group
 
 __all__ = ["DeviceServer", "server_command", "wait_for_state", "TangoSystem", "tango_system",
-           "simulator_registration", "free_tcp_port", "process_tree", "BOARD", "CHIP", "PIPELINE", "DEVICES"]
+           "simulator_registration", "free_tcp_port", "process_tree", "EventCollector", "BOARD", "CHIP", "PIPELINE", "DEVICES"]
 
 #: Device names of the shipped example registration (tango_tpx3/config/simulator.yaml).
 BOARD = "sim/tpx3/board"
@@ -291,3 +292,40 @@ def tango_system(workdir: str | os.PathLike, *, instance: str = "test", hit_rate
         server.wait_ready(DEVICES)
         system.wait_all_on()
         yield system
+
+
+class EventCollector:
+    """Collects the events of one subscription (thread-safe), for tests and demos:
+    ``values()``, ``counters()``, ``wait(predicate)``, ``close()`` to unsubscribe."""
+
+    def __init__(self, proxy, attr, kind=None):
+        import tango
+        if kind is None:
+            kind = tango.EventType.CHANGE_EVENT
+        self.proxy = proxy
+        self.items = []
+        self.lock = threading.Lock()
+        self.id = proxy.subscribe_event(attr, kind, self)
+
+    def push_event(self, ev):
+        with self.lock:
+            self.items.append(ev)
+
+    def values(self):
+        with self.lock:
+            return [e.attr_value.value for e in self.items if not e.err and e.attr_value is not None]
+
+    def counters(self):
+        with self.lock:
+            return [e.ctr for e in self.items if not e.err]
+
+    def wait(self, predicate, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return predicate(self)
+
+    def close(self):
+        self.proxy.unsubscribe_event(self.id)

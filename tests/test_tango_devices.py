@@ -8,7 +8,6 @@ configuration - never from the device code under test.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import h5py
@@ -18,7 +17,7 @@ import pytest
 import tango
 from tango import DevState
 
-from tango_tpx3.testing import tango_system, wait_for_state
+from tango_tpx3.testing import EventCollector, tango_system, wait_for_state
 from tpx3lib.config import load_config
 from tpx3lib.demo import warm_up
 from tpx3lib.spidr.protocol import ShutterMode
@@ -71,37 +70,7 @@ def wait_until(predicate, timeout=15.0):
         time.sleep(0.02)
 
 
-class Events:
-    """Collects events of one subscription (thread-safe)."""
-
-    def __init__(self, proxy, attr, kind=tango.EventType.CHANGE_EVENT):
-        self.proxy = proxy
-        self.items = []
-        self.lock = threading.Lock()
-        self.id = proxy.subscribe_event(attr, kind, self)
-
-    def push_event(self, ev):
-        with self.lock:
-            self.items.append(ev)
-
-    def values(self):
-        with self.lock:
-            return [e.attr_value.value for e in self.items if not e.err and e.attr_value is not None]
-
-    def counters(self):
-        with self.lock:
-            return [e.ctr for e in self.items if not e.err]
-
-    def wait(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.05)
-        return predicate(self)
-
-    def close(self):
-        self.proxy.unsubscribe_event(self.id)
+Events = EventCollector
 
 
 # ----------------------------------------------------------------------------- the server itself

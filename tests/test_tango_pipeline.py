@@ -21,7 +21,7 @@ import tango
 from tango import DevState
 
 from karabo_bridge import Client
-from tango_tpx3.testing import free_tcp_port, process_tree, tango_system, wait_for_state
+from tango_tpx3.testing import EventCollector, free_tcp_port, process_tree, tango_system, wait_for_state
 from tpx3lib import cli
 from tpx3lib.demo import warm_up
 from tpx3lib.dtypes import TOA_UNIT_S
@@ -514,30 +514,4 @@ def test_ophyd_async_discovers_typed_signals(live):
     assert int(hits) == p.HitsTotal and np.asarray(hit_map).shape == (256, 256)
 
 
-class Events:
-    """Collects change events of one attribute (thread-safe)."""
-
-    def __init__(self, proxy, attr, kind=tango.EventType.CHANGE_EVENT):
-        self.proxy = proxy
-        self.items = []
-        self.lock = threading.Lock()
-        self.id = proxy.subscribe_event(attr, kind, self)
-
-    def push_event(self, ev):
-        with self.lock:
-            self.items.append(ev)
-
-    def values(self):
-        with self.lock:
-            return [e.attr_value.value for e in self.items if not e.err and e.attr_value is not None]
-
-    def wait(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.05)
-        return predicate(self)
-
-    def close(self):
-        self.proxy.unsubscribe_event(self.id)
+Events = EventCollector

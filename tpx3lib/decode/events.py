@@ -24,8 +24,12 @@ import numpy as np
 
 from ..dtypes import EVENT_DTYPE, PIXEL_DTYPE, TDC_DTYPE, TOA_UNIT_S
 from ..errors import ConfigError
+from .event_kernels import build_events, select_events
 
 __all__ = ["EventBuilder", "assign_events"]
+
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _to_units(seconds: float) -> int:
@@ -132,21 +136,41 @@ class EventBuilder:
         if pend.size == 0:
             self._advance(until)
             return np.empty(0, EVENT_DTYPE)
-        final = pend["toa"] <= until
-        done = pend[final]
-        self._pending = pend[~final]
-        if done.size == 0:
+        toa = pend["toa"]
+        final = toa <= until
+        n_final = int(np.count_nonzero(final))
+        if n_final == 0:
             self._advance(until)
             return np.empty(0, EVENT_DTYPE)
-        late = int(np.count_nonzero(done["toa"] <= self._final_until))
-        self.counters["late_hits"] += late
-        done = done[np.argsort(done["toa"], kind="stable")]
-        events, no_trig, outside = assign_events(done, self._trig_time, self._trig_event, self._win)
+        if self._final_until > _INT64_MIN:
+            self.counters["late_hits"] += int(np.count_nonzero(toa <= self._final_until))
+        events, no_trig, outside = self._build(pend, toa, until, n_final)
+        # only the (few) hits still inside the reorder window are copied and kept
+        self._pending = pend[~final] if n_final < pend.size else pend[:0]
         self.counters["before_first_trigger"] += no_trig
         self.counters["outside_window"] += outside
         self.counters["events_out"] += events.size
         self._advance(until)
         return events
+
+    def _build(self, pend: np.ndarray, toa: np.ndarray, until: int, n_final: int) -> tuple[np.ndarray, int, int]:
+        """:func:`assign_events` of the final hits (ToA <= ``until``) of ``pend`` sorted by ToA
+        (stable), the fast way: select in arrival order the hits that become events (numba),
+        sort only those (one stable sort of (ToA, position) keys), build the records."""
+        sel = np.empty(n_final, np.int64)
+        trig = np.empty(n_final, np.int64)
+        lo, hi = self._win if self._win is not None else (0, 0)
+        end = min(until, _INT64_MAX - 1) + 1       # exclusive bound of the final hits
+        n_sel, _, no_trig, outside = select_events(toa, self._trig_time, _INT64_MIN, end, _INT64_MIN, end,
+                                                   self._win is not None, lo, hi, sel, trig)
+        sel, trig = sel[:n_sel], trig[:n_sel]
+        t_sel = toa[sel]
+        if n_sel > 1 and np.any(t_sel[1:] < t_sel[:-1]):
+            order = _stable_time_order(t_sel)
+            sel, trig = sel[order], trig[order]
+        events = np.empty(n_sel, EVENT_DTYPE)
+        build_events(pend, sel, trig, self._trig_event, self._trig_time, events)
+        return events, no_trig, outside
 
     def _advance(self, until: int) -> None:
         if until > self._final_until:
@@ -160,6 +184,19 @@ class EventBuilder:
             if keep_from > 0:
                 self._trig_time = self._trig_time[keep_from:]
                 self._trig_event = self._trig_event[keep_from:]
+
+
+def _stable_time_order(t: np.ndarray) -> np.ndarray:
+    """``np.argsort(t, kind="stable")``, faster: one sort of (t - min, position) packed in int64
+    keys (unique, so any sort is stable) when the span of ``t`` leaves room for the position."""
+    n = t.size
+    bits = max(1, int(n - 1).bit_length())
+    t0 = int(t.min())
+    if int(t.max()) - t0 >= 1 << (62 - bits):
+        return np.argsort(t, kind="stable")
+    keys = ((t - t0) << bits) | np.arange(n, dtype=np.int64)
+    keys.sort(kind="stable")
+    return keys & ((1 << bits) - 1)
 
 
 def assign_events(pixels: np.ndarray, trig_time: np.ndarray, trig_event: np.ndarray,

@@ -11,69 +11,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ..decode.event_kernels import _FAR, _bisect_right, build_events, select_events  # noqa: F401 (re-exported)
+
 __all__ = ["select_events", "build_events", "nonpixel_words", "header_histogram", "toa_bounds",
            "select_event_keys", "build_event_columns", "pymepix_event_columns"]
 
-_FAR = 32   # steps of incremental search before falling back to bisection
-
-
-@nb.njit(cache=True, nogil=True)
-def _bisect_right(a, v):
-    lo, hi = 0, a.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] <= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@nb.njit(cache=True, nogil=True)
-def select_events(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_window, w_lo, w_hi, out_sel, out_trig):
-    """Indices of the hits with ``near_lo <= toa < near_hi`` that become events.
-
-    Writes them to ``out_sel`` (in input order), the index of each one's trigger in
-    ``trig_time`` to ``out_trig``, and returns
-    ``(n_selected, n_owned, n_owned_before_first_trigger, n_owned_outside_window)``
-    where "owned" means ``own_lo <= toa < own_hi``.
-    """
-    n_trig = trig_time.shape[0]
-    j = -1            # index of the latest trigger <= current toa
-    n_sel = 0
-    n_owned = 0
-    no_trig = 0
-    outside = 0
-    for i in range(toa.shape[0]):
-        t = toa[i]
-        if t < near_lo or t >= near_hi:
-            continue
-        owned = t >= own_lo and t < own_hi
-        steps = 0
-        while j + 1 < n_trig and trig_time[j + 1] <= t and steps < _FAR:
-            j += 1
-            steps += 1
-        while j >= 0 and trig_time[j] > t and steps < _FAR:
-            j -= 1
-            steps += 1
-        if steps >= _FAR:
-            j = _bisect_right(trig_time, t) - 1
-        if owned:
-            n_owned += 1
-        if j < 0:
-            if owned:
-                no_trig += 1
-            continue
-        if use_window:
-            tof = t - trig_time[j]
-            if tof < w_lo or tof > w_hi:
-                if owned:
-                    outside += 1
-                continue
-        out_sel[n_sel] = i
-        out_trig[n_sel] = j
-        n_sel += 1
-    return n_sel, n_owned, no_trig, outside
 
 
 @nb.njit(cache=True, nogil=True)
@@ -94,24 +36,6 @@ def header_histogram(words, hist):
     """Add the top-byte histogram of ``words`` to ``hist`` (256 bins)."""
     for i in range(words.shape[0]):
         hist[(words[i] >> 56) & 0xFF] += 1
-
-
-@nb.njit(cache=True, nogil=True)
-def build_events(pixels, sel, trig, trig_number, trig_time, out):
-    """Fill ``out`` (EVENT_DTYPE) with the hits ``pixels[sel]`` and their triggers ``trig``
-    (indices into ``trig_time``/``trig_number``): the records ``assign_events`` makes."""
-    for k in range(sel.shape[0]):
-        p = pixels[sel[k]]
-        j = trig[k]
-        e = out[k]
-        e.event = trig_number[j]
-        e.train_id = 0
-        e.x = p.x
-        e.y = p.y
-        e.tot = p.tot
-        e.chip = p.chip
-        e.toa = p.toa
-        e.tof = p.toa - trig_time[j]
 
 
 @nb.njit(cache=True, nogil=True)

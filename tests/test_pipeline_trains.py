@@ -517,3 +517,18 @@ def test_buffer_pool_reuses_memory_only_once_the_message_is_gone():
     assert pool.reused == 1
     for m, t in ((m2, trains[1]), (m3, trains[2]), (m4, trains[3])):
         assert train_from_message(*m).same_data(t, timestamp=False)
+
+
+def test_buffer_pool_reserve_prepares_a_buffer_the_next_message_reuses():
+    from tpx3lib.pipeline.trains import BufferPool
+    pool = BufferPool(max_buffers=2)
+    assert pool.reserve(1000) is True and pool.allocated == 1
+    assert pool.reserve(500) is False                 # a free, large enough buffer is there
+    a = pool(800)                                      # the reserved buffer, no new allocation
+    assert a.size == 800 and pool.allocated == 1 and pool.reused == 1
+    assert pool.reserve(1000) is True                  # `a` is in use: a second buffer is added
+    b = pool(900)
+    assert pool.allocated == 2 and not np.shares_memory(a, b)
+    assert pool.reserve(10) is False                   # both in use and the pool is full
+    del a, b
+    assert pool.reserve(4000) is True and pool.allocated == 3   # a free one grows

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("tpx3lib.files.native")
 
 from tpx3lib.capture import Capture, UdpSender                  # noqa: E402
 from tpx3lib.capture.recorder import RawRecorder                 # noqa: E402

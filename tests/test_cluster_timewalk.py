@@ -152,7 +152,6 @@ def test_cli_timewalk(tmp_path, capsys):
 
 def test_cli_timewalk_raw_file(tmp_path, data_dir, capsys):
     """A raw recording is decoded (tpx3lib.decode) into pixels or events and calibrated."""
-    pytest.importorskip("tpx3lib.pipeline.processor")
     raw = str(data_dir / "centroid_pipeline_test.raw")
     assert cli_main(["timewalk", raw, "-o", str(tmp_path / "p.npy"), "--pixels", "--min-count", "1"]) == 0
     assert "1858 hits read" in capsys.readouterr().out

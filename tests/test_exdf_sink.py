@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-extra_data = pytest.importorskip("extra_data")
-from extra_data import RunDirectory, by_id  # noqa: E402
+from extra_data import RunDirectory, by_id
 
 from karabo_bridge import Client  # noqa: E402
 from simulators.physics import HitGenerator, PhysicsModel  # noqa: E402

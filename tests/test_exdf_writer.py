@@ -8,8 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-extra_data = pytest.importorskip("extra_data")
-from extra_data import H5File, RunDirectory, by_id  # noqa: E402
+from extra_data import H5File, RunDirectory, by_id
 
 from tpx3lib.dtypes import CENTROID_DTYPE, EVENT_DTYPE  # noqa: E402
 from tpx3lib.errors import ConfigError  # noqa: E402

@@ -13,8 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-extra_data = pytest.importorskip("extra_data")
-from extra_data import RunDirectory  # noqa: E402
+from extra_data import RunDirectory
 
 import tpx3lib  # noqa: E402
 from simulators.files import write_simulated_file  # noqa: E402

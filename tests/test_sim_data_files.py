@@ -71,7 +71,7 @@ def test_pymepix_raw_file(tmp_path):
 
 
 def test_tpx3_file_several_chips_with_h5_truth(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     slices, cb = collect()
     path, truth_path = tmp_path / "run.tpx3", tmp_path / "truth.h5"
     s = write_simulated_file(path, 200_001, "tpx3", seed=4, n_chips=2, truth_path=truth_path,

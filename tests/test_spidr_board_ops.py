@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from simulators.spidr_board import SimulatedSpidrBoard
 from tpx3lib.errors import ConfigError
 from tpx3lib.spidr import (
-    CLOSED_SHUTTER_TRIGGER, OPEN_SHUTTER_TRIGGER, ReadoutSpeed, Reg, ShutterMode, SpidrBoard, TriggerConfig,
+    CLOSED_SHUTTER_TRIGGER, OPEN_SHUTTER_TRIGGER, ReadoutSpeed, Reg, ShutterMode, TriggerConfig,
 )
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulators.spidr_board import SimulatedSpidrBoard
 from tpx3lib.errors import ConfigError, SpidrError
-from tpx3lib.spidr import DACS, GeneralConfig, OperationMode, PixelVerifyError, Polarity, Reg, SpidrBoard
+from tpx3lib.spidr import DACS, GeneralConfig, OperationMode, PixelVerifyError, Polarity, Reg
 
 
 def sent(sim, name):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numba as nb
 
-__all__ = ["select_events", "build_events"]
+__all__ = ["select_events", "build_events", "latest_trigger"]
 
 _FAR = 32   # steps of incremental search before falling back to bisection
 
@@ -28,6 +28,23 @@ def _bisect_right(a, v):
     return lo
 
 
+@nb.njit(inline="always", nogil=True)
+def latest_trigger(trig_time, j, t):
+    """Index of the latest trigger at or before ``t`` (-1: none), searching from ``j``, the
+    previous hit's: a few steps for the nearly time-ordered hits, bisection when far."""
+    n_trig = trig_time.shape[0]
+    steps = 0
+    while j + 1 < n_trig and trig_time[j + 1] <= t and steps < _FAR:
+        j += 1
+        steps += 1
+    while j >= 0 and trig_time[j] > t and steps < _FAR:
+        j -= 1
+        steps += 1
+    if steps >= _FAR:
+        j = _bisect_right(trig_time, t) - 1
+    return j
+
+
 @nb.njit(cache=True, nogil=True)
 def select_events(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_window, w_lo, w_hi, out_sel, out_trig):
     """Indices of the hits with ``near_lo <= toa < near_hi`` that become events.
@@ -37,7 +54,6 @@ def select_events(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_window, 
     ``(n_selected, n_owned, n_owned_before_first_trigger, n_owned_outside_window)``
     where "owned" means ``own_lo <= toa < own_hi``.
     """
-    n_trig = trig_time.shape[0]
     j = -1            # index of the latest trigger <= current toa
     n_sel = 0
     n_owned = 0
@@ -48,15 +64,7 @@ def select_events(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_window, 
         if t < near_lo or t >= near_hi:
             continue
         owned = t >= own_lo and t < own_hi
-        steps = 0
-        while j + 1 < n_trig and trig_time[j + 1] <= t and steps < _FAR:
-            j += 1
-            steps += 1
-        while j >= 0 and trig_time[j] > t and steps < _FAR:
-            j -= 1
-            steps += 1
-        if steps >= _FAR:
-            j = _bisect_right(trig_time, t) - 1
+        j = latest_trigger(trig_time, j, t)
         if owned:
             n_owned += 1
         if j < 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..decode.event_kernels import _FAR, _bisect_right, build_events, select_events  # noqa: F401 (re-exported)
+from ..decode.event_kernels import _FAR, _bisect_right, build_events, latest_trigger, select_events  # noqa: F401 (re-exported)
 
 __all__ = ["select_events", "build_events", "nonpixel_words", "header_histogram", "toa_bounds",
            "select_event_keys", "build_event_columns", "pymepix_event_columns"]
@@ -66,7 +66,6 @@ def select_event_keys(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_wind
     index breaks them), with no separate argsort. The caller guarantees
     ``0 <= toa - base < 2**(63 - idx_bits)`` for the selected hits and ``toa.size <= 2**idx_bits``.
     Returns ``(n_selected, n_owned, n_owned_before_first_trigger, n_owned_outside_window)``."""
-    n_trig = trig_time.shape[0]
     j = -1
     n_sel = 0
     n_owned = 0
@@ -77,15 +76,7 @@ def select_event_keys(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_wind
         if t < near_lo or t >= near_hi:
             continue
         owned = t >= own_lo and t < own_hi
-        steps = 0
-        while j + 1 < n_trig and trig_time[j + 1] <= t and steps < _FAR:
-            j += 1
-            steps += 1
-        while j >= 0 and trig_time[j] > t and steps < _FAR:
-            j -= 1
-            steps += 1
-        if steps >= _FAR:
-            j = _bisect_right(trig_time, t) - 1
+        j = latest_trigger(trig_time, j, t)
         if owned:
             n_owned += 1
         if j < 0:

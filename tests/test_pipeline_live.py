@@ -21,7 +21,7 @@ from simulators.udp_stream import DataFaults, UdpDataStreamer
 from tpx3lib.capture import CaptureError
 from tpx3lib.files import open_raw
 from tpx3lib.messages import MessageRing, MessageType
-from tpx3lib.pipeline import LivePipeline, PipelineState, ProcessingConfig
+from tpx3lib.pipeline import ChipProcessor, LivePipeline, PipelineState, ProcessedChunk, ProcessingConfig
 from tpx3lib.pipeline.live import PipelineError, recording_paths
 from tpx3lib.pipeline.sinks import CallbackSink, Sink
 from tpx3lib.trainid import CountingTrainIdSource
@@ -157,10 +157,12 @@ def test_injected_datagram_loss_is_counted_exactly():
     np.testing.assert_array_equal(hit_keys(sink.get(0, "pixels")), hit_keys(sent))
 
 
-def test_centroids_and_train_ids_reach_the_poll_ring():
+@pytest.mark.parametrize("split", [True, False], ids=["split-stages", "one-thread"])
+def test_centroids_and_train_ids_reach_the_poll_ring(split):
     ring = MessageRing(100_000)
     trains = []
     pipe = LivePipeline(chips=[0], ports=[0], processing=ProcessingConfig(products=("events", "centroids")),
+                        split_stages=split,
                         sinks=[CallbackSink(("centroids", "triggers"), buffer=ring)], capture_options=RING,
                         train_id_source=lambda chip: CountingTrainIdSource(5000, period_s=1 / 200, grid_tolerance_s=1e-3),
                         listener=lambda kind, v: trains.append(v) if kind == "train" else None)
@@ -187,6 +189,62 @@ def test_centroids_and_train_ids_reach_the_poll_ring():
     # every trigger became a train, announced in order with consecutive IDs
     assert trains == list(range(5000, 5000 + n_trig))
     assert pipe.statistics()["current_train_id"] == 5000 + n_trig - 1
+
+
+def test_split_stages_deliver_what_one_offline_processor_makes():
+    """Clustering in its own thread, small chunks: the same events and centroids, in the same
+    order, as one ChipProcessor fed the received words in one piece."""
+    sink = Collect()
+    cfg = ProcessingConfig(products=("events", "centroids"))
+    pipe = LivePipeline(chips=[0], ports=[0], processing=cfg, sinks=[sink], capture_options=RING,
+                        split_stages=True, read_bytes=64 << 10)
+    pipe.start()
+    try:
+        stream(pipe, 1.0, hit_rate_hz=100_000)
+    finally:
+        summary = pipe.stop()
+    assert summary["chips"][0]["processed"]["chunks"] > 20        # many hand-overs between the threads
+    offline = ChipProcessor(cfg)
+    expect = ProcessedChunk.concat([offline.feed(np.concatenate(sink.raw[0])), offline.flush()])
+    assert expect.centroids.size > 1000
+    np.testing.assert_array_equal(sink.get(0, "events"), expect.events)
+    np.testing.assert_array_equal(sink.get(0, "centroids"), expect.centroids)
+
+
+def test_a_failing_cluster_stage_is_a_fault_naming_it_and_reset_recovers(monkeypatch):
+    calls = []
+    real = ChipProcessor.cluster_stage
+
+    def cluster_stage(self, part):      # a fault the simulator cannot cause: the stage's own bug
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("cluster kernel exploded")
+        return real(self, part)
+
+    monkeypatch.setattr(ChipProcessor, "cluster_stage", cluster_stage)
+    before = set(threading.enumerate())
+    pipe = LivePipeline(chips=[0], ports=[0], capture_options=RING, split_stages=True, read_bytes=64 << 10)
+    pipe.start()
+    try:
+        stream(pipe, 0.5)
+        deadline = time.monotonic() + 10
+        while pipe.state is not PipelineState.FAULT and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pipe.stop()
+    assert pipe.state is PipelineState.FAULT
+    assert pipe.fault_reason == "clustering of chip 0: RuntimeError: cluster kernel exploded"
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not any(n.startswith(("tpx3-process", "tpx3-cluster")) for n in left), left
+    monkeypatch.setattr(ChipProcessor, "cluster_stage", real)
+    pipe.reset()
+    pipe.start()
+    try:
+        st = stream(pipe, 0.3)
+    finally:
+        summary = pipe.stop()
+    assert pipe.state is PipelineState.IDLE
+    assert summary["totals"]["hits"] == len(st.truth().hits)
 
 
 def _shm_segments():

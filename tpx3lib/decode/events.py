@@ -24,12 +24,10 @@ import numpy as np
 
 from ..dtypes import EVENT_DTYPE, PIXEL_DTYPE, TDC_DTYPE, TOA_UNIT_S
 from ..errors import ConfigError
-from .event_kernels import build_events, select_events
+from .event_kernels import build_events_split, pack_time_keys, select_final
 
 __all__ = ["EventBuilder", "assign_events"]
 
-_INT64_MIN = np.iinfo(np.int64).min
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _to_units(seconds: float) -> int:
@@ -72,6 +70,7 @@ class EventBuilder:
         self._trig_time = np.empty(0, np.int64)
         self._trig_event = np.empty(0, np.int64)
         self._pending = np.empty(0, PIXEL_DTYPE)
+        self._work: dict[str, np.ndarray] = {}
         self._newest = np.iinfo(np.int64).min     # newest time seen in the stream
         self._final_until = np.iinfo(np.int64).min  # everything <= this has been emitted
         self.counters = dict(hits_in=0, events_out=0, before_first_trigger=0, outside_window=0,
@@ -106,14 +105,13 @@ class EventBuilder:
         if pixels.size:
             self.counters["hits_in"] += pixels.size
             self._newest = max(self._newest, int(pixels["toa"].max()))
-            self._pending = np.concatenate([self._pending, pixels]) if self._pending.size else pixels
         if self._newest == np.iinfo(np.int64).min:
             return np.empty(0, EVENT_DTYPE)
-        return self._emit(self._newest - self._reorder)
+        return self._emit(self._newest - self._reorder, np.ascontiguousarray(pixels))
 
     def flush(self) -> np.ndarray:
         """End of stream: every held pixel is final."""
-        return self._emit(np.iinfo(np.int64).max)
+        return self._emit(np.iinfo(np.int64).max, self._pending[:0])
 
     # ------------------------------------------------------------------
     def _add_triggers(self, tdcs: np.ndarray) -> None:
@@ -131,46 +129,42 @@ class EventBuilder:
             times, events = times[order], events[order]
         self._trig_time, self._trig_event = times, events
 
-    def _emit(self, until: int) -> np.ndarray:
-        pend = self._pending
-        if pend.size == 0:
+    def _scratch(self, name: str, n: int) -> np.ndarray:
+        """A reused int64 work array of at least ``n`` entries (fresh memory costs page faults)."""
+        buf = self._work.get(name)
+        if buf is None or buf.size < n:
+            buf = self._work[name] = np.empty(max(n + n // 4, 4096), np.int64)
+        return buf
+
+    def _emit(self, until: int, new: np.ndarray) -> np.ndarray:
+        """Emit the final hits (ToA <= ``until``) of the held and the ``new`` pixels, sorted by
+        ToA (stable: held first, then new, each in arrival order); hold the others."""
+        held = self._pending
+        n = held.size + new.size
+        if n == 0:
             self._advance(until)
             return np.empty(0, EVENT_DTYPE)
-        toa = pend["toa"]
-        final = toa <= until
-        n_final = int(np.count_nonzero(final))
+        pos, trig, toa = (self._scratch(k, n) for k in ("pos", "trig", "toa"))
+        keep_held, keep_new = self._scratch("keep_held", held.size), self._scratch("keep_new", new.size)
+        lo, hi = self._win if self._win is not None else (0, 0)
+        n_sel, n_final, no_trig, outside, late, n_kh, n_kn = select_final(
+            held, new, until, self._final_until, self._trig_time, self._win is not None, lo, hi,
+            pos, trig, toa, keep_held, keep_new)
         if n_final == 0:
+            self._pending = np.concatenate([held, new]) if held.size else new
             self._advance(until)
             return np.empty(0, EVENT_DTYPE)
-        if self._final_until > _INT64_MIN:
-            self.counters["late_hits"] += int(np.count_nonzero(toa <= self._final_until))
-        events, no_trig, outside = self._build(pend, toa, until, n_final)
         # only the (few) hits still inside the reorder window are copied and kept
-        self._pending = pend[~final] if n_final < pend.size else pend[:0]
+        self._pending = np.concatenate([held[keep_held[:n_kh]], new[keep_new[:n_kn]]])
+        keys, mask = _time_sort_keys(toa[:n_sel], self._scratch("keys", n_sel)[:n_sel])
+        events = np.empty(n_sel, EVENT_DTYPE)
+        build_events_split(held, new, pos, trig, keys, mask, self._trig_event, self._trig_time, events)
+        self.counters["late_hits"] += late
         self.counters["before_first_trigger"] += no_trig
         self.counters["outside_window"] += outside
-        self.counters["events_out"] += events.size
+        self.counters["events_out"] += n_sel
         self._advance(until)
         return events
-
-    def _build(self, pend: np.ndarray, toa: np.ndarray, until: int, n_final: int) -> tuple[np.ndarray, int, int]:
-        """:func:`assign_events` of the final hits (ToA <= ``until``) of ``pend`` sorted by ToA
-        (stable), the fast way: select in arrival order the hits that become events (numba),
-        sort only those (one stable sort of (ToA, position) keys), build the records."""
-        sel = np.empty(n_final, np.int64)
-        trig = np.empty(n_final, np.int64)
-        lo, hi = self._win if self._win is not None else (0, 0)
-        end = min(until, _INT64_MAX - 1) + 1       # exclusive bound of the final hits
-        n_sel, _, no_trig, outside = select_events(toa, self._trig_time, _INT64_MIN, end, _INT64_MIN, end,
-                                                   self._win is not None, lo, hi, sel, trig)
-        sel, trig = sel[:n_sel], trig[:n_sel]
-        t_sel = toa[sel]
-        if n_sel > 1 and np.any(t_sel[1:] < t_sel[:-1]):
-            order = _stable_time_order(t_sel)
-            sel, trig = sel[order], trig[order]
-        events = np.empty(n_sel, EVENT_DTYPE)
-        build_events(pend, sel, trig, self._trig_event, self._trig_time, events)
-        return events, no_trig, outside
 
     def _advance(self, until: int) -> None:
         if until > self._final_until:
@@ -186,17 +180,21 @@ class EventBuilder:
                 self._trig_event = self._trig_event[keep_from:]
 
 
+def _time_sort_keys(t: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(keys, mask)`` with ``keys & mask == np.argsort(t, kind="stable")``, fast: one sort of
+    unique packed (t - min, index) keys written to ``out`` (:func:`pack_time_keys`), or the
+    argsort itself and -1 when the span of ``t`` leaves no room for the index."""
+    bits = pack_time_keys(t, out)
+    if bits < 0:
+        return np.argsort(t, kind="stable"), -1
+    out.sort(kind="stable")      # timsort: fastest on the nearly ordered keys
+    return out, (1 << bits) - 1
+
+
 def _stable_time_order(t: np.ndarray) -> np.ndarray:
-    """``np.argsort(t, kind="stable")``, faster: one sort of (t - min, position) packed in int64
-    keys (unique, so any sort is stable) when the span of ``t`` leaves room for the position."""
-    n = t.size
-    bits = max(1, int(n - 1).bit_length())
-    t0 = int(t.min())
-    if int(t.max()) - t0 >= 1 << (62 - bits):
-        return np.argsort(t, kind="stable")
-    keys = ((t - t0) << bits) | np.arange(n, dtype=np.int64)
-    keys.sort(kind="stable")
-    return keys & ((1 << bits) - 1)
+    """``np.argsort(t, kind="stable")`` by :func:`_time_sort_keys`."""
+    keys, mask = _time_sort_keys(t, np.empty(t.size, np.int64))
+    return keys & mask
 
 
 def assign_events(pixels: np.ndarray, trig_time: np.ndarray, trig_event: np.ndarray,

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -68,67 +70,149 @@ class _MessageSink(CallbackSink):
         super().__init__(products=products, callback=deliver)
 
 
-class _ChipWorker(threading.Thread):
-    """Reads one chip's ring in order, processes it and hands the chunks to the sinks."""
+_END = object()       # end of a chip's stream on the hand-over queue
 
-    def __init__(self, pipe: "LivePipeline", chip: int, ring_name: str, processor: ChipProcessor):
+
+def _yield_to_receivers(nice: int) -> None:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux: per thread).
+
+    The receiver processes must never wait for a core: a socket buffer holds only
+    milliseconds of data, while the rings hold the processing's backlog. Lowering our
+    own threads needs no privilege (raising the receivers' would)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:
+        log.debug("cannot lower the priority of %s: %s", threading.current_thread().name, exc)
+
+
+class _ChipWorker(threading.Thread):
+    """Reads one chip's ring in order, processes it and hands the chunks to the sinks.
+
+    With ``split_stages`` the work is two threads connected by a short FIFO queue, in
+    order: this one reads, decodes and builds events (:meth:`ChipProcessor.event_stage`),
+    the second clusters and delivers (:meth:`ChipProcessor.cluster_stage`). Both run
+    numba kernels that release the GIL, so one chip's processing can use two cores while
+    its stream stays in one ordered chain. A full queue holds back the reader (and so
+    the ring: the capture's policy applies).
+    """
+
+    HANDOVER_CHUNKS = 2
+
+    def __init__(self, pipe: "LivePipeline", chip: int, ring_name: str, processor: ChipProcessor,
+                 split_stages: bool = False):
         super().__init__(name=f"tpx3-process-chip{chip}", daemon=True)
         from ..capture import RingReader
         self.pipe, self.chip, self.processor = pipe, chip, processor
         self.reader = RingReader(ring_name, start="oldest")
         self.error: BaseException | None = None
+        self.error_stage = ""
         self.abort = threading.Event()
         self.finished = threading.Event()
         self.counts = dict(datagrams=0, bytes=0, words=0, tail_bytes=0, chunks=0)
         self.complete_until = np.iinfo(np.int64).min
+        self._handover: queue.Queue | None = None
+        self._cluster_thread: threading.Thread | None = None
+        if split_stages:
+            self._handover = queue.Queue(maxsize=self.HANDOVER_CHUNKS)
+            self._cluster_thread = threading.Thread(target=self._cluster_loop, name=f"tpx3-cluster-chip{chip}",
+                                                    daemon=True)
+
+    def _failed(self, exc: BaseException, stage: str) -> None:
+        if self.error is None:
+            self.error, self.error_stage = exc, stage
+        log.error("%s of chip %d failed: %s: %s", stage, self.chip, type(exc).__name__, exc)
+        self.abort.set()         # the other stage stops too; the monitor reports the fault
 
     def run(self) -> None:
         try:
+            if self._cluster_thread is not None:
+                self._cluster_thread.start()
             self._loop()
         except BaseException as exc:     # reported by the monitor as the stage's fault
-            self.error = exc
-            log.error("processing of chip %d failed: %s: %s", self.chip, type(exc).__name__, exc)
+            self._failed(exc, "processing")
         finally:
             try:
                 self.reader.close()      # a dead processor must not hold back a "block" capture
             except Exception:
                 pass
+            if self._cluster_thread is not None:
+                self._hand_over(_END)
+                self._cluster_thread.join()
             self.finished.set()
 
     def _loop(self) -> None:
+        _yield_to_receivers(self.pipe.processing_nice)
         reader, pipe = self.reader, self.pipe
         max_bytes = pipe.read_bytes
         while not self.abort.is_set():
             batch = reader.read(max_bytes=max_bytes, timeout=0.05)
             if len(batch):
-                words = self._words(batch)
+                words, counts = self._words(batch)
                 t0 = int(batch.recv_time_ns[0])
                 reader.release(batch)
                 pipe.stats.on_raw(self.chip, words, t0)
                 if pipe._raw_wanted:
                     pipe._deliver_raw(self.chip, words, t0)
-                self._deliver(self.processor.feed(words))
+                self._hand_over((self.processor.event_stage(words), counts))
             elif reader.eof:
                 break
         if not self.abort.is_set():
-            self._deliver(self.processor.flush())
+            self._hand_over((self.processor.event_stage(None, final=True), None))
 
-    def _words(self, batch) -> np.ndarray:
+    def _hand_over(self, item) -> None:
+        """To the cluster stage (this thread's when the stages are not split)."""
+        if self._handover is None:
+            if item is not _END:
+                self._finish(*item)
+            return
+        while True:
+            try:
+                self._handover.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self.abort.is_set() or not self._cluster_thread.is_alive():
+                    return
+
+    def _cluster_loop(self) -> None:
+        try:
+            _yield_to_receivers(self.pipe.processing_nice)
+            while True:
+                try:
+                    item = self._handover.get(timeout=0.05)
+                except queue.Empty:
+                    if self.abort.is_set():
+                        return
+                    continue
+                if item is _END or self.abort.is_set():
+                    return
+                self._finish(*item)
+        except BaseException as exc:
+            self._failed(exc, "clustering")
+
+    def _finish(self, part, counts) -> None:
+        chunk = self.processor.cluster_stage(part)
+        if counts is not None:        # datagrams count as processed once their chunk is delivered
+            for k, v in counts.items():
+                self.counts[k] += v
+        self._deliver(chunk)
+
+    def _words(self, batch) -> tuple[np.ndarray, dict]:
         """The batch's whole 64-bit words back to back (a malformed datagram's tail is counted)."""
         lengths = batch.lengths
-        c = self.counts
-        c["datagrams"] += len(batch)
-        c["bytes"] += int(lengths.sum())
+        c = dict(datagrams=len(batch), bytes=int(lengths.sum()), tail_bytes=0)
         whole = lengths & ~7
         if (whole != lengths).any():
-            c["tail_bytes"] += int((lengths - whole).sum())
+            c["tail_bytes"] = int((lengths - whole).sum())
             parts = [batch.payload(i)[: int(whole[i])] for i in range(len(batch))]
         else:
             parts = [batch.payload(i) for i in range(len(batch))]
         data = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
         words = data.view("<u8")
-        c["words"] += words.size
-        return words
+        c["words"] = words.size
+        return words, c
 
     def _deliver(self, chunk: ProcessedChunk) -> None:
         self.counts["chunks"] += 1
@@ -156,6 +240,14 @@ class LivePipeline(StateReporter):
         ``("train", train_id)`` when a train's data are complete, ``("fault", reason)``.
     linger_s : at :meth:`stop`, how long the socket must stay quiet before the capture is
         stopped (datagrams still in flight from the board are kept), at most ``timeout``.
+    split_stages : run each chip's clustering in a second thread, after its decoding and
+        event building (ordered hand-over); None: when centroiding on a machine with at
+        least two cores.
+    processing_nice : how much lower than the receivers the processing threads are scheduled
+        (``nice`` steps; 0: the same): the receivers then get a core the moment data arrive.
+    keep_freed_memory : at :meth:`start`, tell the C allocator to keep freed memory for reuse
+        (:func:`tpx3lib.memory.keep_freed_memory`; process-wide): each chunk's arrays are
+        megabytes, and fresh memory costs page faults on every chunk.
     """
 
     def __init__(self, chips: Sequence[int] = (0,), ports: Sequence[int] | None = None, host: str = "127.0.0.1",
@@ -164,7 +256,8 @@ class LivePipeline(StateReporter):
                  capture_options: dict | None = None, board_packets: Callable[[], Mapping[int, int]] | None = None,
                  listener: Callable[[str, object], None] | None = None, linger_s: float = 0.2,
                  read_bytes: int = 8 << 20, stats_window_s: float = 1.0, tof_range_s=(0.0, 1e-3),
-                 tof_bins: int = 500, monitor_interval_s: float = 0.1):
+                 tof_bins: int = 500, monitor_interval_s: float = 0.1, split_stages: bool | None = None,
+                 keep_freed_memory: bool = True, processing_nice: int = 5):
         self.chips = [int(c) for c in chips]
         if not self.chips or len(set(self.chips)) != len(self.chips):
             raise ConfigError(f"chips must be distinct chip indices, got {list(chips)}")
@@ -180,6 +273,9 @@ class LivePipeline(StateReporter):
         self.linger_s = float(linger_s)
         self.read_bytes = int(read_bytes)
         self.monitor_interval_s = float(monitor_interval_s)
+        self.split_stages = split_stages
+        self.processing_nice = int(processing_nice)
+        self.keep_freed_memory = bool(keep_freed_memory)
         self.stats = StatisticsSink(window_s=stats_window_s, tof_range_s=tof_range_s, tof_bins=tof_bins)
         self._init_state(listener)
         self._lock = threading.RLock()          # state changes, start/stop
@@ -315,6 +411,9 @@ class LivePipeline(StateReporter):
         be bound (nothing stays started).
         """
         from ..capture import Capture
+        if self.keep_freed_memory:
+            from ..memory import keep_freed_memory
+            keep_freed_memory()
         with self._lock:
             if self._state is PipelineState.RUNNING:
                 raise PipelineError("the pipeline is already running")
@@ -346,7 +445,7 @@ class LivePipeline(StateReporter):
                         assigner = TrainIdAssigner(self.train_id_source(c), tdc=cfg.trigger_tdc,
                                                    edge=cfg.trigger_edge)
                     proc = ChipProcessor(self.processing[c], train_ids=assigner)
-                    self._workers[c] = _ChipWorker(self, c, cap.ring_name(c), proc)
+                    self._workers[c] = _ChipWorker(self, c, cap.ring_name(c), proc, self._split(proc))
                 self.stats.reset()
                 sinks = list(self.sinks) + ([self._msg_sink] if self._msg_sink else [])
                 self._raw_wanted = any(type(s).on_raw is not Sink.on_raw for s in sinks)
@@ -375,6 +474,11 @@ class LivePipeline(StateReporter):
         log.info("pipeline started: chips %s on UDP ports %s", self.chips, self.ports)
         return self
 
+    def _split(self, proc: ChipProcessor) -> bool:
+        if self.split_stages is not None:
+            return bool(self.split_stages)
+        return proc.clusterer is not None and (os.cpu_count() or 1) >= 2
+
     def _read_board_packets(self) -> dict[int, int] | None:
         if self.board_packets is None:
             return None
@@ -399,7 +503,7 @@ class LivePipeline(StateReporter):
             return f"capture: {f}"
         for c, w in self._workers.items():
             if w.error is not None:
-                return f"processing of chip {c}: {type(w.error).__name__}: {w.error}"
+                return f"{w.error_stage} of chip {c}: {type(w.error).__name__}: {w.error}"
         if self._sink_errors:
             name, err = next(iter(self._sink_errors.items()))
             return f"sink {name}: {err}"

@@ -12,9 +12,10 @@ import numpy as np
 from ..decode import EventBuilder, StreamDecoder
 from ..dtypes import CENTROID_DTYPE, EVENT_DTYPE, HEARTBEAT_DTYPE, PIXEL_DTYPE, TDC_DTYPE
 from ..errors import ConfigError
+from ..trainid.assign import apply_train_ids
 from ..trainid.flags import TRIGGER_TRAIN_DTYPE
 
-__all__ = ["ProcessingConfig", "ProcessedChunk", "ChipProcessor", "PRODUCTS"]
+__all__ = ["ProcessingConfig", "ProcessedChunk", "ChipProcessor", "EventStageResult", "PRODUCTS"]
 
 #: What a processor can produce; "raw" is the words themselves (the pipeline handles it).
 PRODUCTS = ("raw", "pixels", "triggers", "events", "centroids")
@@ -102,6 +103,18 @@ class ProcessedChunk:
         return self.pixels.size + self.triggers.size + self.events.size + self.centroids.size
 
 
+@dataclasses.dataclass
+class EventStageResult:
+    """What :meth:`ChipProcessor.event_stage` hands to :meth:`ChipProcessor.cluster_stage`."""
+
+    decoded: object                 # the decoder's output (pixels, tdcs, heartbeats)
+    events: np.ndarray
+    trains: np.ndarray              # triggers whose train ID was decided in this chunk
+    train_table: np.ndarray | None  # the decided train IDs as of this chunk (None: no source)
+    complete_until: int             # the events' part of ProcessedChunk.complete_until
+    final: bool
+
+
 class ChipProcessor:
     """Decode, assign events and cluster one chip's word stream, chunk by chunk.
 
@@ -129,35 +142,57 @@ class ChipProcessor:
         self.chunks_in = 0
 
     def feed(self, words) -> ProcessedChunk:
-        self.chunks_in += 1
-        return self._stages(self.decoder.feed(words), final=False)
+        return self.cluster_stage(self.event_stage(words))
 
     def flush(self) -> ProcessedChunk:
-        return self._stages(self.decoder.flush(), final=True)
+        return self.cluster_stage(self.event_stage(None, final=True))
 
-    def _stages(self, dec, final: bool) -> ProcessedChunk:
-        cfg = self.config
+    # The two stages below are what ``feed`` does, split so that the live pipeline can run
+    # them in two threads (their numba kernels release the GIL): call ``cluster_stage`` on
+    # every ``event_stage`` result, in order. Each stage's state is its own.
+    def event_stage(self, words, final: bool = False) -> "EventStageResult":
+        """Decode ``words`` (None with ``final``: end of stream), decide train IDs, build events."""
+        if final:
+            dec = self.decoder.flush()
+        else:
+            self.chunks_in += 1
+            dec = self.decoder.feed(words)
         events = np.empty(0, EVENT_DTYPE)
-        centroids = np.empty(0, CENTROID_DTYPE)
         trains = np.empty(0, TRIGGER_TRAIN_DTYPE)
+        table = None
         if self.train_ids is not None:
             trains = self.train_ids.feed(dec.tdcs) if dec.tdcs.size else trains
             if final:
                 trains = np.concatenate([trains, self.train_ids.flush()])
+            table = self.train_ids.table     # replaced, never changed in place, by later feeds
+        until = _INT64_MIN                   # no events are made: nothing to wait for per trigger
         if self.events is not None:
             events = self.events.feed(dec.pixels, dec.tdcs)
             if final:
                 events = np.concatenate([events, self.events.flush()])
+            until = self.events.final_until
+        return EventStageResult(dec, events, trains, table, _INT64_MAX if final else until, final)
+
+    def cluster_stage(self, part: "EventStageResult") -> ProcessedChunk:
+        """Timewalk correction, clustering and train-ID labels of one :meth:`event_stage` result."""
+        cfg = self.config
+        events = part.events
+        centroids = np.empty(0, CENTROID_DTYPE)
+        until = part.complete_until
+        if self.events is not None:
             if self.timewalk is not None and events.size:
                 events = self.timewalk.apply(events)
             if self.clusterer is not None:
                 centroids = self.clusterer.feed(events)
-                if final:
+                if part.final:
                     centroids = np.concatenate([centroids, self.clusterer.flush()])
-            if self.train_ids is not None:
+                else:
+                    until = min(until, self.clusterer.final_until)
+            if part.train_table is not None:
                 for arr in (events, centroids):
                     if arr.size:
-                        self.train_ids.apply(arr)
+                        apply_train_ids(arr, part.train_table)
+        dec = part.decoded
         return ProcessedChunk(
             cfg.chip,
             dec.pixels,
@@ -165,19 +200,9 @@ class ChipProcessor:
             dec.heartbeats,
             events if "events" in cfg.products else np.empty(0, EVENT_DTYPE),
             centroids,
-            trains,
-            self._complete_until(final),
+            part.trains,
+            until,
         )
-
-    def _complete_until(self, final: bool) -> int:
-        if final:
-            return _INT64_MAX
-        if self.events is None:
-            return _INT64_MIN        # no events are made: nothing to wait for per trigger
-        until = self.events.final_until
-        if self.clusterer is not None:
-            until = min(until, self.clusterer.final_until)
-        return until
 
     def counters(self) -> dict:
         """Everything counted so far, by stage."""

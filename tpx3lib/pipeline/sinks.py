@@ -17,6 +17,7 @@ import numpy as np
 from ..dtypes import TOA_UNIT_S
 from ..messages import DataMessage, MessageRing, MessageType
 from .processor import ProcessedChunk
+from .stats_kernels import add_hit_map, add_histogram
 
 log = logging.getLogger("tpx3lib.pipeline")
 
@@ -84,19 +85,12 @@ class StatisticsSink(Sink):
             "events": int(chunk.events.size),
             "centroids": int(chunk.centroids.size),
         }
-        img = None
-        if chunk.pixels.size:
-            x = chunk.pixels["x"].astype(np.intp)
-            y = chunk.pixels["y"].astype(np.intp)
-            ok = (x < self.shape[1]) & (y < self.shape[0])
-            img = np.bincount(y[ok] * self.shape[1] + x[ok], minlength=self.shape[0] * self.shape[1])
         tof = chunk.events["tof"] if chunk.events.size else chunk.centroids["tof"]
-        hist = np.histogram(tof, bins=self._tof_edges_units)[0] if tof.size else None
         with self._lock:
-            if img is not None:
-                self._hit_map += img.reshape(self.shape)
-            if hist is not None:
-                self._tof += hist
+            if chunk.pixels.size:
+                add_hit_map(chunk.pixels, self._hit_map)
+            if tof.size:
+                add_histogram(tof, self._tof_edges_units, self._tof)
         self._add(inc)
 
     def _add(self, inc: dict) -> None:

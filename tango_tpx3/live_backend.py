@@ -226,6 +226,8 @@ class LiveBackend(StateReporter):
                 c = bridge.counters()
                 out["trains_dropped"] = int(c.get("trains_dropped", 0)) + int(c.get("trains_discarded_at_stop", 0)) \
                     + int(c.get("trains_failed", 0))
+                out["hits_late"] = int(c.get("hits_late", 0))
+                out["hits_unmatched"] = int(c.get("hits_unmatched", 0))
             except Exception:  # noqa: BLE001 - counters of a sink between runs
                 pass
         for key, base in self._offsets.items():
@@ -290,7 +292,8 @@ class LiveBackend(StateReporter):
             stats = {}
         # what the statistics sink does not count itself (capture and train counters)
         self._offsets = {k: int(stats.get(k, 0)) for k in ("packets_received", "packets_lost", "trains_published")}
-        self._offsets["trains_dropped"] = int(self.statistics().get("trains_dropped", 0))
+        publisher = self.statistics()          # the publisher's counters (no offsets yet)
+        self._offsets.update({k: int(publisher.get(k, 0)) for k in ("trains_dropped", "hits_late", "hits_unmatched")})
 
     def close(self) -> None:
         self.abort()

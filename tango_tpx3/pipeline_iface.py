@@ -68,6 +68,8 @@ STATISTICS_KEYS = (
     "current_train_id",  # train ID of the last completed train (0 before the first)
     "trains_published",  # trains completed and sent downstream
     "trains_dropped",    # completed trains the Karabo Bridge publisher could not deliver (counted, never hidden)
+    "hits_late",         # event hits that came after their train was published (counted, not sent)
+    "hits_unmatched",    # event hits whose trigger matched no train (counted, not sent)
     "frames_completed",  # shutter windows completed in this acquisition
 )
 

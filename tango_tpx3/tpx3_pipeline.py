@@ -77,6 +77,10 @@ _STATISTICS = {
     "TrainsDropped": ("trains_dropped", int, "", "trains dropped",
                       "completed trains the Karabo Bridge publisher could not deliver (queue full, no consumer "
                       "at the end of the acquisition, not serializable)"),
+    "HitsLate": ("hits_late", int, "", "hits late",
+                 "event hits that came after their train was published: counted, not in any train"),
+    "HitsUnmatched": ("hits_unmatched", int, "", "hits unmatched",
+                      "event hits whose trigger matched no train of the first chip: counted, not in any train"),
 }
 #: Attributes with change events pushed by the device.
 _EVENT_ATTRS = tuple(_STATISTICS) + ("Recording", "RecordingPath", "last_image_ready")
@@ -187,6 +191,8 @@ class Tpx3Pipeline(Device):
     CurrentTrainId = _stat_attribute("CurrentTrainId")
     TrainsPublished = _stat_attribute("TrainsPublished")
     TrainsDropped = _stat_attribute("TrainsDropped")
+    HitsLate = _stat_attribute("HitsLate")
+    HitsUnmatched = _stat_attribute("HitsUnmatched")
     HitMap = attribute(dtype=((np.uint32,),), max_dim_x=1024, max_dim_y=1024, label="hit map",
                        doc="hits per pixel since the acquisition started (rows = y); a data-ready event "
                            "announces each train")

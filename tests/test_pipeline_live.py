@@ -55,6 +55,12 @@ def stream(pipe, seconds, faults=None, n_chips=1, **kw):
     return st
 
 
+def wait_for_fault(pipe, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while pipe.state is not PipelineState.FAULT and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Collect(Sink):
     """Keeps every chunk's arrays (thread-safe, per chip)."""
 
@@ -227,9 +233,7 @@ def test_a_failing_cluster_stage_is_a_fault_naming_it_and_reset_recovers(monkeyp
     pipe.start()
     try:
         stream(pipe, 0.5)
-        deadline = time.monotonic() + 10
-        while pipe.state is not PipelineState.FAULT and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_fault(pipe)
     finally:
         pipe.stop()
     assert pipe.state is PipelineState.FAULT
@@ -329,9 +333,7 @@ def test_a_killed_receiver_is_a_fault_and_reset_recovers():
     pipe.start()
     pid = pipe._capture.pids[0]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pipe.state is not PipelineState.FAULT and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_fault(pipe)
     assert pipe.state is PipelineState.FAULT
     assert "receiver of chip 0" in pipe.fault_reason and "SIGKILL" in pipe.fault_reason
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -356,9 +358,7 @@ def test_a_failing_sink_is_a_fault_naming_it():
     pipe.start()
     try:
         stream(pipe, 0.5)
-        deadline = time.monotonic() + 10
-        while pipe.state is not PipelineState.FAULT and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_fault(pipe)
     finally:
         pipe.stop()
     assert pipe.state is PipelineState.FAULT

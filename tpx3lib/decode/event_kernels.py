@@ -84,22 +84,26 @@ def select_events(toa, trig_time, near_lo, near_hi, own_lo, own_hi, use_window, 
     return n_sel, n_owned, no_trig, outside
 
 
+@nb.njit(inline="always", nogil=True)
+def _fill_event(e, p, number, time):
+    """One EVENT_DTYPE record ``e`` from the pixel record ``p`` of the trigger (number, time)."""
+    e.event = number
+    e.train_id = 0
+    e.x = p.x
+    e.y = p.y
+    e.tot = p.tot
+    e.chip = p.chip
+    e.toa = p.toa
+    e.tof = p.toa - time
+
+
 @nb.njit(cache=True, nogil=True)
 def build_events(pixels, sel, trig, trig_number, trig_time, out):
     """Fill ``out`` (EVENT_DTYPE) with the hits ``pixels[sel]`` and their triggers ``trig``
     (indices into ``trig_time``/``trig_number``): the records ``assign_events`` makes."""
     for k in range(sel.shape[0]):
-        p = pixels[sel[k]]
         j = trig[k]
-        e = out[k]
-        e.event = trig_number[j]
-        e.train_id = 0
-        e.x = p.x
-        e.y = p.y
-        e.tot = p.tot
-        e.chip = p.chip
-        e.toa = p.toa
-        e.tof = p.toa - trig_time[j]
+        _fill_event(out[k], pixels[sel[k]], trig_number[j], trig_time[j])
 
 
 # --------------------------------------------------------------------------- streaming
@@ -198,17 +202,8 @@ def build_events_split(held, new, pos, trig, keys, index_mask, trig_number, trig
     for k in range(out.shape[0]):
         s = keys[k] & index_mask
         q = pos[s]
-        if q < n_a:
-            p = held[q]
-        else:
-            p = new[q - n_a]
         j = trig[s]
-        e = out[k]
-        e.event = trig_number[j]
-        e.train_id = 0
-        e.x = p.x
-        e.y = p.y
-        e.tot = p.tot
-        e.chip = p.chip
-        e.toa = p.toa
-        e.tof = p.toa - trig_time[j]
+        if q < n_a:
+            _fill_event(out[k], held[q], trig_number[j], trig_time[j])
+        else:
+            _fill_event(out[k], new[q - n_a], trig_number[j], trig_time[j])

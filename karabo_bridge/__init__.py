@@ -19,6 +19,7 @@ from . import cli  # noqa: F401  (the reference exposes karabo_bridge.cli)
 from .client import Client
 from .errors import (BridgeError, EmptyTrainError, ProtocolError, SerializationError,
                      ServerError)
+from .malloc import keep_message_memory
 from .metadata import make_metadata, timestamp_fields, train_id_of
 from .multi import IncompleteTrain, MultiClient
 from .serializer import deserialize, serialize, split_fields
@@ -28,6 +29,6 @@ __all__ = [
     "__version__",
     "Client", "serialize", "deserialize", "ServerInThread", "start_gen",
     "Sender", "MultiClient", "IncompleteTrain",
-    "split_fields", "make_metadata", "timestamp_fields", "train_id_of",
+    "split_fields", "make_metadata", "timestamp_fields", "train_id_of", "keep_message_memory",
     "BridgeError", "ProtocolError", "SerializationError", "EmptyTrainError", "ServerError",
 ]

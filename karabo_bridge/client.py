@@ -5,6 +5,7 @@ import time
 
 import zmq
 
+from . import malloc as _malloc
 from .errors import ProtocolError, ServerError
 from .metadata import train_id_of
 from .serializer import deserialize
@@ -56,10 +57,16 @@ class Client:
         the server with ``b"next <divisor> <remainder>"`` (servers of this
         package understand it; the reference server answers an error); SUB:
         filters client-side, counting the others in ``stats.skipped``.
+    tune_malloc : bool
+        Tune the process's C heap (glibc ``mallopt``, process-wide, once) so that
+        the memory of received trains is reused instead of being faulted in
+        afresh for each large message (:mod:`karabo_bridge.malloc`).  Default
+        True; False, or the environment variable
+        ``KARABO_BRIDGE_MALLOC_TUNING=0``, leaves the heap alone.
     """
 
     def __init__(self, endpoint, sock="REQ", ser="msgpack", timeout=None, context=None,
-                 *, hwm=1, stride=None):
+                 *, hwm=1, stride=None, tune_malloc=True):
         if ser != "msgpack":
             raise ValueError("Only serialization supported is msgpack")
         if sock not in _SOCKET_TYPES:
@@ -72,6 +79,8 @@ class Client:
         self.timeout = timeout
         self.stride = None if stride is None else tuple(int(x) for x in stride)
         self._request = request_bytes(self.stride) if sock == "REQ" else None
+        if tune_malloc and _malloc.wanted():
+            _malloc.keep_message_memory()     # before the context: its I/O thread allocates
         self.stats = ClientStats()
         self._tids = TrainIdTracker(self.stride[0] if self.stride else 1)
         self._own_context = context is None

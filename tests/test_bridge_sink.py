@@ -217,3 +217,28 @@ def test_misuse_raises_typed_errors():
     from tpx3lib.errors import ConfigError
     with pytest.raises(ConfigError):
         KaraboBridgeSink("tcp://127.0.0.1:0", when_full="wait")
+
+
+def test_message_memory_is_prefaulted_at_start_and_reused_across_trains():
+    info, chunks, _ = stream()
+    expected = expected_trains()
+    with KaraboBridgeSink("tcp://127.0.0.1:0", sock="PUSH", source=SRC, when_full="block",
+                          prefault_bytes=1 << 20) as sink:
+        sink.start(info)
+        assert sink.buffers.allocated == 2                  # before the first train
+        got, errors = [], []
+        th = threading.Thread(target=receive, args=(sink.endpoint, "PULL", 2 * len(expected), got, errors))
+        th.start()
+        for ch in chunks:
+            sink.on_chunk(ch)
+        sink.stop()
+        run_sink(sink, info, chunks)                        # a second acquisition: the same memory
+        th.join(60)
+        assert not errors
+    assert len(got) == 2 * len(expected)
+    for (data, meta), exp in zip(got, list(expected) * 2):
+        assert train_from_message(data, meta, SRC).same_data(exp, timestamp=False)
+    with KaraboBridgeSink("tcp://127.0.0.1:0", sock="PUB", source=SRC, prefault_bytes=0) as sink:
+        sink.start(info)
+        assert sink.buffers.allocated == 0
+        sink.stop()

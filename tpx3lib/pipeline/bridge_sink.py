@@ -4,9 +4,11 @@ The sink assembles the processed chunks of every chip into trains
 (:class:`~tpx3lib.pipeline.trains.TrainAssembler`) and publishes one message per train,
 in trigger order, in the layout of :func:`~tpx3lib.pipeline.trains.train_message`.
 
-Threads: the processing threads only add chunks to the assembler; a complete train is
-put on a bounded :class:`~tpx3lib.pipeline.trains.TrainQueue` and the sink's own
-publisher thread builds the message and sends it with a :class:`karabo_bridge.server.Sender`
+Threads: the processing threads only add chunks to the assembler, which splits each
+chunk's records once into per-field columns (pooled memory, one numba pass); a complete
+train (slices of those columns) is put on a bounded
+:class:`~tpx3lib.pipeline.trains.TrainQueue` and the sink's own publisher thread wraps its
+columns into a message (no copy) and sends it with a :class:`karabo_bridge.server.Sender`
 (the only user of the socket). So a slow or absent consumer never blocks the
 processing, unless asked to:
 
@@ -28,20 +30,13 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import zmq
 
 from ..errors import Tpx3Error
 from .sinks import Sink
-from .trains import DEFAULT_SOURCE, BufferPool, Train, TrainAssembler, TrainQueue, train_message
+from .trains import DEFAULT_SOURCE, BufferPool, Train, TrainAssembler, TrainQueue, train_message, warm_up_kernels
 
 __all__ = ["KaraboBridgeSink", "BridgeSinkError"]
-
-
-def _message_nbytes(data) -> int:
-    """Bytes of the arrays of one message (what :func:`train_message` allocated)."""
-    return sum(-(-v.nbytes // 64) * 64 for props in data.values() for v in props.values()
-               if isinstance(v, np.ndarray))
 
 
 class BridgeSinkError(Tpx3Error, RuntimeError):
@@ -65,6 +60,10 @@ class KaraboBridgeSink(Sink):
     assembler_options : keyword arguments for :meth:`TrainAssembler.from_info`
         (e.g. ``wait_for_train_ids=False``).
     hwm : ZeroMQ high-water mark (default 1, as the reference).
+    prefault_bytes : column memory made ready (two buffers of this size, every page
+        touched) at ``start()``, so that the first trains pay no page faults on the latency
+        path (0: none). Chunks bigger than this get a buffer on first use (faulted then);
+        afterwards the memory is reused, and an idle publisher prepares the next buffer.
 
     Counters (:meth:`counters`): the assembler's, plus ``trains_published``,
     ``trains_empty`` (published without hits), ``trains_dropped`` (queue full),
@@ -76,7 +75,8 @@ class KaraboBridgeSink(Sink):
     def __init__(self, endpoint="tcp://127.0.0.1:4545", sock: str = "REP", source: str = DEFAULT_SOURCE,
                  protocol_version: str = "2.2", *, queue_size: int = 10, when_full: str = "drop",
                  block_timeout: float | None = None, with_counters: bool = True, stop_timeout: float = 5.0,
-                 linger: float = 1.0, assembler_options: dict | None = None, hwm: int = 1, context=None):
+                 linger: float = 1.0, assembler_options: dict | None = None, hwm: int = 1, context=None,
+                 prefault_bytes: int = 16 << 20):
         from karabo_bridge.server import Sender
         from karabo_bridge.stats import LatencyStats
 
@@ -89,7 +89,10 @@ class KaraboBridgeSink(Sink):
         self.linger = float(linger)
         self.assembler_options = dict(assembler_options or {})
         self._sender = Sender(endpoint, sock=sock, protocol_version=protocol_version, hwm=hwm, context=context)
-        self._buffers = BufferPool(max(4, queue_size // 2 + 2))      # message memory, reused once sent
+        self.prefault_bytes = int(prefault_bytes)
+        # column (= message) memory, reused once sent; a buffer per chunk being split, per
+        # train queued or being sent
+        self._buffers = BufferPool(max(8, queue_size + 4), min_bytes=1 << 20)
         self.latency = LatencyStats()
         self.assembler: TrainAssembler | None = None
         self._queue: TrainQueue | None = None
@@ -109,6 +112,11 @@ class KaraboBridgeSink(Sink):
     def endpoint(self) -> str:
         """The bound endpoint, connectable."""
         return self._sender.endpoint
+
+    @property
+    def buffers(self) -> BufferPool:
+        """The pool of column (message) memory (``allocated``/``reused`` counts)."""
+        return self._buffers
 
     @property
     def server_stats(self):
@@ -138,7 +146,15 @@ class KaraboBridgeSink(Sink):
         self.error = None
         self._abort.clear()
         self._queue = TrainQueue(self.queue_size, self.when_full, self.block_timeout)
-        self.assembler = TrainAssembler.from_info(info, self._on_train, **self.assembler_options)
+        options = dict(output="columns", alloc=self._buffers)
+        options.update(self.assembler_options)
+        self.assembler = TrainAssembler.from_info(info, self._on_train, **options)
+        warm_up_kernels()                    # compiled or loaded now, not on the first train
+        if self.prefault_bytes > 0:
+            try:
+                self._buffers.reserve(self.prefault_bytes, count=2)
+            except MemoryError:
+                pass                         # allocated on first use then
         self._thread = threading.Thread(target=self._publish_loop, name="karabo-bridge-sink", daemon=True)
         self._thread.start()
 
@@ -221,13 +237,14 @@ class KaraboBridgeSink(Sink):
                 self.latency.add(time.perf_counter() - t_done)
                 self._counts["trains_published"] += 1
                 self._counts["trains_empty"] += train.n_hits == 0
+                del data, meta, train, item       # the pool sees the buffer free once ZeroMQ is done
                 if not len(self._queue):
-                    # idle until the next train: have message memory for it ready now (a
+                    # idle until the next train: have column memory for it ready now (a
                     # fresh buffer's page faults cost 0.2-3 ms per MB, on the latency path)
                     try:
-                        self._buffers.reserve(_message_nbytes(data) * 5 // 4)
+                        self._buffers.reserve(self._buffers.recent_max)
                     except MemoryError:
-                        pass                         # train_message will allocate then
+                        pass                         # allocated on first use then
         except BaseException as exc:  # kept for stop() to raise; the queue refuses further trains
             self.error = exc
             self._queue.close()

@@ -252,8 +252,11 @@ def test_a_failing_cluster_stage_is_a_fault_naming_it_and_reset_recovers(monkeyp
 
 
 def _shm_segments():
+    """This process's ring segments (names carry the creator's pid: test runs of other
+    checkouts on the same machine make their own)."""
+    mine = f"tpx3r_{os.getpid()}_"
     try:
-        return {n for n in os.listdir("/dev/shm") if "tpx3" in n}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(mine)}
     except FileNotFoundError:
         return set()
 
@@ -262,6 +265,7 @@ def test_twenty_start_stop_cycles_leave_nothing_behind():
     me = psutil.Process()
     pipe = LivePipeline(chips=[0, 1], ports=[0, 0], capture_options={"ring_bytes": 4 << 20})
     pipe.start()
+    assert _shm_segments()                        # the rings are seen while running
     pipe.stop()                                   # the first run loads numba and the spawn machinery
     children, shm, fds = len(me.children(recursive=True)), _shm_segments(), me.num_fds()
     conns = len(me.net_connections(kind="udp"))

@@ -62,6 +62,7 @@ STATISTICS_KEYS = (
     "data_rate",         # bytes/s received
     "packets_received",  # UDP datagrams received
     "packets_lost",      # datagrams lost (counted by the board minus received), never hidden
+    "backlog_datagrams",  # received, not yet processed (processing lagging; 0 when idle)
     "hits_total",        # pixel hits since reset
     "triggers_total",    # triggers since reset
     "centroids_total",   # centroids since reset

@@ -71,6 +71,9 @@ _STATISTICS = {
     "DataRate": ("data_rate", float, "B/s", "data rate", "bytes per second received from the board"),
     "PacketsReceived": ("packets_received", int, "", "packets received", "UDP datagrams received"),
     "PacketsLost": ("packets_lost", int, "", "packets lost", "UDP datagrams the board sent that were not received"),
+    "PacketsBacklog": ("backlog_datagrams", int, "", "packets backlog",
+                       "UDP datagrams received and not yet processed: grows while the processing lags "
+                       "behind, before the ring fills and data are lost"),
     "HitsTotal": ("hits_total", int, "", "hits total", "pixel hits since the last ResetCounters"),
     "CurrentTrainId": ("current_train_id", int, "", "current train ID", "train ID of the last completed train"),
     "TrainsPublished": ("trains_published", int, "", "trains published", "trains completed and sent downstream"),
@@ -191,6 +194,7 @@ class Tpx3Pipeline(Device):
     CurrentTrainId = _stat_attribute("CurrentTrainId")
     TrainsPublished = _stat_attribute("TrainsPublished")
     TrainsDropped = _stat_attribute("TrainsDropped")
+    PacketsBacklog = _stat_attribute("PacketsBacklog")
     HitsLate = _stat_attribute("HitsLate")
     HitsUnmatched = _stat_attribute("HitsUnmatched")
     HitMap = attribute(dtype=((np.uint32,),), max_dim_x=1024, max_dim_y=1024, label="hit map",

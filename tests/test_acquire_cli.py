@@ -42,7 +42,7 @@ def test_acquisition_with_recording_and_train_ids(busy_sim, capsys, tmp_path):
     assert t["hits"] > 10_000 and t["centroids"] > 1000
     assert 12 <= s["trains_completed"] <= 17                                  # 10 Hz for ~1.5 s
     assert s["last_train_id"] == 100 + s["trains_completed"] - 1
-    assert "packets" in err                                                  # the status line
+    assert "packets" in err and "backlog" in err                             # the status line
     # the recording holds everything received and processes to the same hits
     rec = s["recording"]["0"]
     assert rec["error"] is None and rec["records"] == t["datagrams"]

@@ -217,6 +217,33 @@ def test_split_stages_deliver_what_one_offline_processor_makes():
     np.testing.assert_array_equal(sink.get(0, "centroids"), expect.centroids)
 
 
+def test_a_slow_sink_shows_as_backlog_and_loses_nothing():
+    class Slow(Sink):
+        def on_chunk(self, chunk):
+            time.sleep(0.05)
+
+    pipe = LivePipeline(chips=[0], ports=[0], sinks=[Slow()], capture_options=RING, read_bytes=16 << 10)
+    pipe.start()
+    seen = []
+    try:
+        gen = HitGenerator(model(hit_rate_hz=100_000), n_chips=1)
+        st = UdpDataStreamer(gen, BoardClock(), [("127.0.0.1", pipe.ports[0])], collect_truth=True)
+        st.start()
+        for _ in range(20):
+            time.sleep(0.05)
+            seen.append(pipe.statistics()["backlog_datagrams"])
+        st.stop()
+        st.close()
+    finally:
+        summary = pipe.stop(timeout=60)
+    assert max(seen) > 0, seen                      # visible while processing lags
+    assert pipe.statistics()["backlog_datagrams"] == 0
+    t = summary["totals"]
+    assert t["lost_datagrams"] == t["ring_overruns"] == t["unprocessed_datagrams"] == 0
+    assert t["processed_datagrams"] == t["datagrams"] == st.counters[0].datagrams
+    assert t["hits"] == len(st.truth().hits)
+
+
 def test_a_failing_cluster_stage_is_a_fault_naming_it_and_reset_recovers(monkeypatch):
     calls = []
     real = ChipProcessor.cluster_stage

@@ -203,7 +203,7 @@ def test_full_acquisition_bridge_recording_and_offline_agree(live, tmp_path):
     assert sent_hits > 1000
 
     # Everything the simulated board sent was received and decoded, hit for hit.
-    assert p.PacketsReceived == sent_datagrams and p.PacketsLost == 0
+    assert p.PacketsReceived == sent_datagrams and p.PacketsLost == 0 and p.PacketsBacklog == 0
     assert p.HitsTotal == sent_hits
     assert int(p.HitMap.sum()) == sent_hits
     assert not p.Recording and p.RecordingPath == str(raw)

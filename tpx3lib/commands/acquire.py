@@ -68,7 +68,7 @@ def _status(pipe, elapsed: float, seconds: float) -> str:
     s = pipe.statistics()
     return (f"{elapsed:5.1f}/{seconds:.1f} s  hits {s['hit_rate'] / 1e6:7.3f} M/s  trig {s['trigger_rate']:6.1f}/s  "
             f"centroids {s['centroid_rate'] / 1e3:8.1f} k/s  data {s['data_rate'] / 1e6:7.2f} MB/s  "
-            f"packets {s['packets_received']:,}  lost {s['packets_lost']:,}")
+            f"packets {s['packets_received']:,}  backlog {s['backlog_datagrams']:,}  lost {s['packets_lost']:,}")
 
 
 def run(args) -> int:

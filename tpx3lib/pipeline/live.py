@@ -769,6 +769,10 @@ class LivePipeline(StateReporter):
             "bytes_received": int(t.get("bytes", 0)),
             "kernel_drops": int(t.get("kernel_drops", 0)),
             "ring_overruns": int(t.get("ring_overruns", 0)),
+            # received but not yet processed: grows when processing falls behind, before
+            # the ring fills and data are lost
+            "backlog_datagrams": max(0, int(t.get("datagrams", 0)) - int(t.get("processed_datagrams", 0)))
+            if self.running else 0,
         }
         for s in list(self._active_sinks) or list(self.sinks):
             extra = getattr(s, "statistics", None)

@@ -21,6 +21,7 @@ from tpx3lib.cli import main  # noqa: E402
 from tpx3lib.dtypes import TOA_UNIT_S  # noqa: E402
 from tpx3lib.errors import ConfigError  # noqa: E402
 from tpx3lib.process import ProcessOptions, process_files  # noqa: E402
+from h5_helpers import run_datasets
 
 SRC, CTRL = "TPX3/CAM/1:daqOutput", "TPX3/CAM/1"
 START_ID = 1_300_000_000
@@ -65,18 +66,6 @@ def _validate(run_dir):
     res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "extra-data-validate"), str(run_dir)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "No problems found" in res.stdout, res.stdout + res.stderr
-
-
-def _datasets(run_dir):
-    """Every dataset of every file (METADATA dates aside), for comparing two runs."""
-    out = {}
-    for p in sorted(run_dir.glob("*.h5")):
-        with h5py.File(p, "r") as f:
-            def take(name, obj, p=p):
-                if isinstance(obj, h5py.Dataset) and not name.endswith(("creationDate", "updateDate")):
-                    out[(p.name, name)] = obj[()]
-            f.visititems(take)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +127,7 @@ def test_run_opens_validates_and_matches_the_truth(runs, sim):
 
 
 def test_workers_give_identical_runs(runs):
-    a, b = _datasets(runs[1]), _datasets(runs[2])
+    a, b = run_datasets(runs[1]), run_datasets(runs[2])
     assert a.keys() == b.keys() and len(a) > 30
     for key in a:
         assert np.array_equal(a[key], b[key]), key

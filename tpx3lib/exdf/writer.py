@@ -12,9 +12,18 @@ would take the current file's payload (the uncompressed bytes of its entries,
 control rows and index rows) past ``sequence_max_bytes``, unless the file is
 still empty. The files on disk are smaller (gzip), plus a little HDF5 overhead.
 
-Trains are buffered in memory (up to ``buffer_bytes``) and appended in blocks;
-:meth:`ExdfRunWriter.flush` forces the buffer out, :meth:`ExdfRunWriter.close`
+Instrument data (hits, centroids) does not wait: it goes into chunk-sized column
+buffers, and every full chunk is compressed on its own (shuffle + LZF or deflate,
+by :class:`tpx3lib.process.h5chunks.ColumnTable`, in ``executor``'s threads when one is
+given, without the GIL) and written with ``write_direct_chunk`` - not through h5py's
+filters, which compress one dataset at a time holding the GIL. The small per-train rows
+(INDEX, CONTROL) are buffered (up to ``buffer_bytes``) and appended in blocks.
+:meth:`ExdfRunWriter.flush` puts everything in the file, :meth:`ExdfRunWriter.close`
 ends the run. A run with no train writes no file.
+
+Two ways in: :meth:`ExdfRunWriter.write_train` takes one train's records (the live
+run-file sink), :meth:`ExdfRunWriter.write_block` many trains at once as columns with
+per-train counts (offline processing: no per-train Python work, no record copies).
 """
 from __future__ import annotations
 
@@ -32,7 +41,8 @@ from .errors import ExdfDtypeError, ExdfError, ExdfValueError, RunExistsError, T
 from .layout import (CENTROID_FIELDS, CENTROIDS_GROUP, DATA_FORMAT_VERSION, DEFAULT_SOURCE, FIELD_ATTRS,
                      HIT_FIELDS, HITS_GROUP, check_category_aggregator, check_control_source,
                      check_instrument_source, file_name, unit_attrs)
-from .settings import SettingSpec, check_value, normalise_settings, setting_spec
+from .settings import _STR, SettingSpec, check_value, normalise_settings, setting_spec
+from ..process.h5chunks import ColumnTable
 
 __all__ = ["ExdfRunWriter", "DAQ_LIBRARY"]
 
@@ -46,14 +56,29 @@ def _utc_now() -> str:
 
 
 class _Group:
-    """One instrument index group: record dtype, stored fields, pending entries."""
+    """One instrument index group: record dtype, stored fields, its table in the current
+    file and the per-train counts whose INDEX rows are not written yet."""
 
     def __init__(self, name: str, dtype: np.dtype, fields: tuple[str, ...]):
         self.name, self.dtype, self.fields = name, dtype, fields
         self.entry_bytes = sum(dtype[f].itemsize for f in fields)
-        self.pending: list[np.ndarray] = []
-        self.counts: list[int] = []
-        self.file_entries = 0          # entries already in the current file
+        self.counts: list[np.ndarray] = []      # per-train entry counts, INDEX rows pending
+        self.file_entries = 0                   # entries whose INDEX rows are in the current file
+        self.table: ColumnTable | None = None   # the current file's datasets
+
+
+def slice_pieces(pieces: list[dict], lo: int, hi: int) -> list[dict]:
+    """Rows ``lo:hi`` of the concatenation of ``pieces`` (column dicts), as views."""
+    out, pos = [], 0
+    for p in pieces:
+        n = len(next(iter(p.values())))
+        a, b = max(lo - pos, 0), min(hi - pos, n)
+        if a < b:
+            out.append(p if (a, b) == (0, n) else {f: c[a:b] for f, c in p.items()})
+        pos += n
+        if pos >= hi:
+            break
+    return out
 
 
 class ExdfRunWriter:
@@ -72,10 +97,14 @@ class ExdfRunWriter:
     with_centroids : write the ``centroids`` index group.
     aggregator, category : file name parts (``TPX01``, ``RAW``).
     run_type, sample : METADATA strings.
-    compression : h5py filter for data ("gzip", "lzf" or None); ``compression_level`` for gzip.
+    compression : filter of all datasets ("gzip", "lzf" or None); ``compression_level`` for gzip.
     chunk_entries : chunk length of instrument datasets (entries); control/index use 1/64 of it.
-    buffer_bytes : trains held in memory before a block write.
+    buffer_bytes : INDEX and CONTROL rows held in memory before a block write (instrument
+        data is written chunk by chunk as it comes).
     overwrite : replace existing files of this run and aggregator instead of refusing.
+    executor : a ``concurrent.futures`` executor compressing instrument chunks (None: the
+        calling thread compresses them); ``max_pending`` chunk sets per index group may
+        wait there before the writer waits for the oldest.
     """
 
     def __init__(self, run_dir: str | os.PathLike, run_number: int, *, proposal: int = 0,
@@ -84,7 +113,8 @@ class ExdfRunWriter:
                  units: Mapping[str, str] | None = None, with_centroids: bool = True,
                  aggregator: str = "TPX01", category: str = "RAW", run_type: str = "",
                  sample: str = "", compression: str | None = "gzip", compression_level: int = 1,
-                 chunk_entries: int = 1 << 16, buffer_bytes: int = 16 << 20, overwrite: bool = False):
+                 chunk_entries: int = 1 << 16, buffer_bytes: int = 16 << 20, overwrite: bool = False,
+                 executor=None, max_pending: int = 4):
         if not 0 <= int(run_number) <= 9999:
             raise ConfigError(f"run number must be 0..9999, not {run_number}")
         if not 0 <= int(proposal) < 1 << 32:
@@ -93,6 +123,8 @@ class ExdfRunWriter:
             raise ConfigError("sequence_max_bytes must be >= 1")
         if compression not in ("gzip", "lzf", None):
             raise ConfigError(f"compression must be 'gzip', 'lzf' or None, not {compression!r}")
+        if not 0 <= int(compression_level) <= 9:
+            raise ConfigError(f"compression_level must be 0..9, not {compression_level!r}")
         if chunk_entries < 64 or buffer_bytes < 0:
             raise ConfigError("chunk_entries must be >= 64 and buffer_bytes >= 0")
         check_instrument_source(source)
@@ -112,6 +144,8 @@ class ExdfRunWriter:
         self.chunk_entries = int(chunk_entries)
         self.chunk_trains = max(16, self.chunk_entries // 64)
         self.buffer_bytes = int(buffer_bytes)
+        self.executor = executor
+        self.max_pending = max(1, int(max_pending))
 
         flat = normalise_settings(settings)
         self._specs: dict[str, SettingSpec] = {k: setting_spec(k, v) for k, v in flat.items()}
@@ -131,6 +165,9 @@ class ExdfRunWriter:
         if with_centroids:
             self._groups.append(_Group(CENTROIDS_GROUP, CENTROID_DTYPE, CENTROID_FIELDS))
         self.with_centroids = bool(with_centroids)
+        # bytes of a train besides its entries: index rows, first/count of every group, control rows
+        self._fixed_train_bytes = (_INDEX_ROW_BYTES + 16 * (len(self._groups) + 1)
+                                   + sum(s.row_bytes for s in self._specs.values()))
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pattern = f"{category}-R{self.run_number:04d}-{aggregator}-S*.h5"
@@ -146,9 +183,10 @@ class ExdfRunWriter:
         self._sequence = -1
         self._file_payload = 0
         self._file_trains = 0
-        self._pending_train: list[tuple[int, int, int]] = []   # (train_id, timestamp_ns, flag)
-        self._pending_control: list[dict[str, Any]] = []
-        self._pending_control_ts: list[dict[str, int]] = []
+        # INDEX and CONTROL rows not yet written (arrays, one entry per block of trains)
+        self._pending_index: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # train IDs, stamps, flags
+        self._pending_control: dict[str, list[np.ndarray]] = {k: [] for k in self._specs}
+        self._pending_control_ts: dict[str, list[np.ndarray]] = {k: [] for k in self._specs}
         self._pending_bytes = 0
         self._last_train: int | None = None
         self._run_start_ns: int | None = None     # timestamp of the first train
@@ -188,7 +226,8 @@ class ExdfRunWriter:
         ``hits``: EVENT_DTYPE (may be empty); ``centroids``: CENTROID_DTYPE or None
         (no centroids for this train); their ``train_id`` field must be 0 or
         ``train_id``. ``timestamp_ns``: train start, ns since the epoch (None = now).
-        ``flag``: 1 = train ID from the timing system, 0 = suspect.
+        ``flag``: 1 = train ID from the timing system, 0 = suspect. The records are
+        copied before the call returns (the caller may reuse its buffers).
         """
         self._check_open()
         train_id = self._check_train_id(train_id)
@@ -203,48 +242,58 @@ class ExdfRunWriter:
                 raise ExdfValueError("centroids given to a writer made with with_centroids=False")
             centroids = self._check_records(centroids, CENTROID_DTYPE, "centroids", train_id)
         per_group = [hits, centroids if centroids is not None else np.empty(0, CENTROID_DTYPE)]
-
-        train_bytes = _INDEX_ROW_BYTES + 16 * (len(self._groups) + 1)
-        train_bytes += sum(g.entry_bytes * a.size for g, a in zip(self._groups, per_group))
-        train_bytes += sum(s.row_bytes for s in self._specs.values())
-        if self._file_trains and self._file_payload + train_bytes > self.sequence_max_bytes:
-            self._flush()
-            self._close_file()
-        if self._run_start_ns is None:
-            self._run_start_ns = ts
-        if self._file is None:
-            self._open_file()
-
+        data = []
         for g, a in zip(self._groups, per_group):
-            g.pending.append(a.copy())        # the caller may reuse its buffers
-            g.counts.append(a.size)
-        row_ts = {}
-        for k, t in self._value_times.items():
-            if t is None:
-                t = self._value_times[k] = ts
-            # Control timestamps must not decrease (extra-data-validate checks it).
-            row_ts[k] = self._last_row_ts[k] = max(t, self._last_row_ts.get(k, 0))
-        self._pending_control.append(dict(self._values))
-        self._pending_control_ts.append(row_ts)
-        self._pending_train.append((train_id, ts, int(flag)))
-        self._pending_bytes += train_bytes
-        self._file_payload += train_bytes
-        self._file_trains += 1
-        self._last_train = train_id
-        k = self.counters
-        k["trains"] += 1
-        k["hits"] += hits.size
-        k["centroids"] += per_group[1].size
-        k["empty_trains"] += hits.size == 0
-        k["suspect_trains"] += flag == 0
-        if self._pending_bytes >= self.buffer_bytes:
-            self._flush()
+            # field views of the records: the tables copy them into their chunk buffers
+            data.append(([{f: a[f] for f in g.fields}] if a.size else [], np.array([a.size], np.int64)))
+        self._add(np.array([train_id], np.uint64), np.array([ts], np.uint64), np.array([int(flag)], np.int32),
+                  data, {})
+
+    def write_block(self, train_ids, timestamps_ns, flags, hits, hit_counts, centroids=None,
+                    centroid_counts=None, control: Mapping[str, Any] | None = None) -> None:
+        """Add many trains at once, their data as columns (all checks happen before
+        anything is kept).
+
+        ``train_ids`` (strictly increasing, above the last train written), ``timestamps_ns``
+        (ns since the epoch), ``flags`` (1 good, 0 suspect): one value per train.
+        ``hits``: the trains' hits one after the other, as a mapping ``{field: 1-D array}``
+        with every stored field (:data:`~tpx3lib.exdf.layout.HIT_FIELDS`, dtypes of
+        EVENT_DTYPE; e.g. an :class:`~tpx3lib.process.columns.EventColumns`) or a list of
+        such mappings (consecutive pieces, not copied to one array); ``hit_counts``: hits per
+        train. ``centroids``/``centroid_counts`` the same for the centroids
+        (:data:`~tpx3lib.exdf.layout.CENTROID_FIELDS`; None: none). ``control``:
+        ``{settings key: one value per train}`` for settings that change with every train
+        (as :meth:`update_settings` before each train would); the others keep their values.
+        The arrays are copied before the call returns.
+        """
+        self._check_open()
+        tids = self._check_ids(train_ids)
+        n = tids.size
+        ts = self._check_per_train(timestamps_ns, n, "timestamps_ns", np.uint64)
+        flags = self._check_per_train(flags, n, "flags", np.int32)
+        if np.any((flags != 0) & (flags != 1)):
+            raise ExdfValueError("flags must be 1 (good) or 0 (suspect)")
+        if centroids is not None and not self.with_centroids:
+            raise ExdfValueError("centroids given to a writer made with with_centroids=False")
+        data = [self._check_columns(self._groups[0], hits, hit_counts, n, "hits")]
+        if self.with_centroids:
+            data.append(self._check_columns(self._groups[1], centroids, centroid_counts, n, "centroids"))
+        ctrl = {}
+        for key, values in (control or {}).items():
+            spec = self._specs.get(key)
+            if spec is None:
+                raise ConfigError(f"settings not declared at run start cannot be added: {key!r}")
+            ctrl[key] = self._check_control(spec, values, n)
+        if n:
+            self._add(tids, ts, flags, data, ctrl)
 
     def flush(self) -> None:
-        """Write buffered trains to the current file and flush it to disk."""
+        """Write everything given so far to the current file and flush it to disk."""
         self._check_open()
         self._flush()
         if self._file is not None:
+            for g in self._groups:
+                g.table.sync()
             self._file.flush()
 
     def close(self) -> None:
@@ -252,9 +301,8 @@ class ExdfRunWriter:
         if self._closed:
             return
         try:
-            self._flush()
-        finally:
             self._close_file()
+        finally:
             self._closed = True
 
     def __enter__(self):
@@ -278,6 +326,81 @@ class ExdfRunWriter:
             raise TrainOrderError(train_id, self._last_train)
         return train_id
 
+    def _check_ids(self, train_ids) -> np.ndarray:
+        a = np.asarray(train_ids)
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+            raise ExdfValueError(f"train_ids must be a 1-D array of integers, not {a.dtype} {a.shape}")
+        if a.size == 0:
+            return a.astype(np.uint64)
+        if a.dtype.kind == "i" and a.min() < 0:
+            raise ExdfValueError(f"train ID {int(a.min())} does not fit uint64")
+        a = a.astype(np.uint64)
+        if a.size > 1 and np.any(a[1:] <= a[:-1]):
+            i = int(np.flatnonzero(a[1:] <= a[:-1])[0])
+            raise TrainOrderError(int(a[i + 1]), int(a[i]))
+        if a[0] == 0 or (self._last_train is not None and int(a[0]) <= self._last_train):
+            raise TrainOrderError(int(a[0]), self._last_train)
+        return a
+
+    @staticmethod
+    def _check_per_train(values, n: int, what: str, dtype) -> np.ndarray:
+        a = np.asarray(values)
+        if a.shape != (n,) or (n and a.dtype.kind not in "iu"):
+            raise ExdfValueError(f"{what} must be {n} integers, not {a.dtype} {a.shape}")
+        if n and a.dtype.kind == "i" and a.min() < 0 and dtype == np.uint64:
+            raise ExdfValueError(f"{what}: {int(a.min())} does not fit uint64")
+        return a.astype(dtype)
+
+    def _check_columns(self, g: _Group, cols, counts, n: int, what: str):
+        """(pieces, counts) of one group's block data, checked."""
+        c = np.zeros(n, np.int64) if counts is None and cols is None else np.asarray(counts)
+        if c.shape != (n,) or (n and c.dtype.kind not in "iu") or (n and c.min() < 0):
+            raise ExdfValueError(f"{what}: counts must be {n} non-negative integers")
+        c = c.astype(np.int64)
+        pieces = [] if cols is None else ([cols] if isinstance(cols, Mapping) or hasattr(cols, "dtype")
+                                          else list(cols))
+        out = []
+        total = 0
+        for p in pieces:
+            try:
+                arrays = {f: np.asarray(p[f]) for f in g.fields}
+            except (KeyError, ValueError, IndexError) as exc:
+                raise ExdfValueError(f"{what} need the fields {g.fields}: {exc!r}") from None
+            sizes = {a.shape for a in arrays.values()}
+            if len(sizes) != 1 or len(next(iter(sizes))) != 1:
+                raise ExdfValueError(f"{what}: the columns must be 1-D arrays of one length, not {sizes}")
+            for f, a in arrays.items():
+                if a.dtype != g.dtype[f]:
+                    raise ExdfDtypeError(f"{what}[{f!r}] must be {g.dtype[f]}, not {a.dtype}")
+            k = next(iter(sizes))[0]
+            if k:
+                out.append(arrays)
+                total += k
+        if total != int(c.sum()):
+            raise ExdfValueError(f"{what}: {total} rows given for counts summing to {int(c.sum())}")
+        return out, c
+
+    @staticmethod
+    def _check_control(spec: SettingSpec, values, n: int) -> np.ndarray:
+        """Per-train values of one setting, converted to its stored form."""
+        if spec.dtype == _STR:
+            vals = list(values)
+            if len(vals) != n:
+                raise ConfigError(f"setting {spec.key!r}: {len(vals)} values for {n} trains")
+            return np.array([check_value(spec, v) for v in vals], dtype=object)
+        a = np.asarray(values)
+        if a.shape != (n,) + spec.shape:
+            raise ConfigError(f"setting {spec.key!r}: values of shape {a.shape}, not {(n,) + spec.shape}")
+        kind = spec.dtype.kind
+        if (kind == "b") != (a.dtype.kind == "b") or a.dtype.kind not in "biuf" or \
+                (kind in "iu" and a.dtype.kind == "f"):
+            raise ConfigError(f"setting {spec.key!r} is stored as {spec.dtype}; got {a.dtype}")
+        if kind in "iu" and a.size and a.dtype != spec.dtype:
+            info = np.iinfo(spec.dtype)
+            if int(a.min()) < info.min or int(a.max()) > info.max:
+                raise ConfigError(f"setting {spec.key!r}: values out of the range of {spec.dtype}")
+        return a.astype(spec.dtype)
+
     @staticmethod
     def _check_records(a, dtype: np.dtype, what: str, train_id: int) -> np.ndarray:
         if not isinstance(a, np.ndarray) or a.dtype != dtype:
@@ -289,9 +412,86 @@ class ExdfRunWriter:
         tids = a["train_id"]
         bad = (tids != 0) & (tids != train_id)
         if bad.any():
-            raise ExdfValueError(f"{int(bad.sum())} {what} of train {train_id} carry another train ID "
+            raise ExdfValueError(f"{what} of train {train_id}: {int(bad.sum())} carry another train ID "
                                  f"(e.g. {int(tids[bad][0])})")
         return a
+
+    # ---------------------------------------------------------------- adding trains
+    def _add(self, tids: np.ndarray, ts: np.ndarray, flags: np.ndarray, data: list, control: dict) -> None:
+        """Trains checked: split them over sequence files, data to the tables, rows pending."""
+        n = tids.size
+        counts = [c for _, c in data]
+        train_bytes = np.full(n, self._fixed_train_bytes, np.int64)
+        for g, c in zip(self._groups, counts):
+            train_bytes += g.entry_bytes * c
+        cum = np.cumsum(train_bytes)
+        offsets = [np.concatenate([[0], np.cumsum(c)]) for c in counts]
+        if self._run_start_ns is None:
+            self._run_start_ns = int(ts[0])
+        ctrl_values, ctrl_ts = self._control_rows_of(ts, control)
+
+        start = 0
+        while start < n:
+            base = int(cum[start - 1]) if start else 0
+            if self._file is None:
+                self._open_file()
+            # trains start..stop-1 fit the current file; an empty file takes at least one
+            stop = int(np.searchsorted(cum, self.sequence_max_bytes - self._file_payload + base, side="right"))
+            stop = max(stop, start + 1) if self._file_trains == 0 else max(stop, start)
+            if stop == start:
+                self._close_file()               # the next train starts a new file
+                continue
+            for g, (pieces, c), off in zip(self._groups, data, offsets):
+                lo, hi = int(off[start]), int(off[stop])
+                if hi > lo:
+                    for p in slice_pieces(pieces, lo, hi):
+                        g.table.append(**p)
+                g.counts.append(c[start:stop])
+            self._pending_index.append((tids[start:stop], ts[start:stop], flags[start:stop]))
+            for k in self._specs:
+                self._pending_control[k].append(ctrl_values[k][start:stop])
+                self._pending_control_ts[k].append(ctrl_ts[k][start:stop])
+            m = stop - start
+            self._pending_bytes += self._fixed_train_bytes * m
+            self._file_payload += int(cum[stop - 1]) - base
+            self._file_trains += m
+            self._last_train = int(tids[stop - 1])
+            k = self.counters
+            k["trains"] += m
+            k["hits"] += int(offsets[0][stop] - offsets[0][start])
+            if self.with_centroids:
+                k["centroids"] += int(offsets[1][stop] - offsets[1][start])
+            k["empty_trains"] += int(np.count_nonzero(counts[0][start:stop] == 0))
+            k["suspect_trains"] += int(np.count_nonzero(flags[start:stop] == 0))
+            if self._pending_bytes >= self.buffer_bytes:
+                self._flush()
+            start = stop
+
+    def _control_rows_of(self, ts: np.ndarray, control: dict) -> tuple[dict, dict]:
+        """Every setting's value and timestamp for each train of a block: per-train values
+        from ``control``, taking effect at their train; the others the current values, since
+        the time they took effect (the block's first train for a change without a time).
+        Control timestamps never decrease (extra-data-validate checks it)."""
+        n = ts.size
+        values, stamps = {}, {}
+        for k, spec in self._specs.items():
+            last = self._last_row_ts.get(k, 0)
+            if k in control:
+                vals = control[k]
+                t = np.maximum.accumulate(np.maximum(ts, np.uint64(last)))
+                self._values[k] = str(vals[-1]) if spec.dtype == _STR else np.asarray(vals[-1])
+                self._value_times[k] = int(ts[-1])
+            else:
+                if self._value_times[k] is None:
+                    self._value_times[k] = int(ts[0])
+                v = self._values[k]
+                vals = np.broadcast_to(np.array(v, dtype=object) if spec.dtype == _STR else v,
+                                       (n,) + spec.shape)
+                t = np.full(n, max(self._value_times[k], last), np.uint64)
+            values[k] = vals
+            stamps[k] = t
+            self._last_row_ts[k] = int(t[-1])
+        return values, stamps
 
     # --------------------------------------------------------------- files
     def _make(self, parent: h5py.Group, name: str, dtype, row_shape=(), chunk: int | None = None,
@@ -355,9 +555,13 @@ class ExdfRunWriter:
         self._make(cgrp, "count", np.uint64)
 
         for g in self._groups:
-            grp = f.create_group(f"INSTRUMENT/{self.source}/{g.name}")
-            for field in g.fields:
-                self._make(grp, field, g.dtype[field], chunk=self.chunk_entries, attrs=FIELD_ATTRS.get(field))
+            f.create_group(f"INSTRUMENT/{self.source}/{g.name}")
+            g.table = ColumnTable(f[f"INSTRUMENT/{self.source}"], g.name,
+                                  [(field, g.dtype[field], FIELD_ATTRS.get(field)) for field in g.fields],
+                                  compression=self.compression or "none", compression_level=self.compression_level,
+                                  chunk_rows=self.chunk_entries, executor=self.executor,
+                                  max_pending=self.max_pending)
+            g.table.create()
 
         ctrl = f.create_group(f"CONTROL/{self.control_source}")
         run = f.create_group(f"RUN/{self.control_source}")
@@ -374,18 +578,30 @@ class ExdfRunWriter:
             run[spec.path].create_dataset("timestamp", data=np.array([self._run_start_ns], np.uint64))
 
     def _close_file(self) -> None:
+        """Write the pending rows and the tables' last chunks, and close the file."""
         if self._file is None:
             return
         f = self._file
-        self._file = None
+        ok = False
         try:
-            f["METADATA/updateDate"][0] = _utc_now()
+            self._flush()
+            for g in self._groups:
+                g.table.flush(create_empty=True)
+            ok = True
         finally:
-            f.close()
+            for g in self._groups:
+                if not ok and g.table is not None:
+                    g.table.abandon()
+                g.table = None
+            self._file = None
+            try:
+                if ok:
+                    f["METADATA/updateDate"][0] = _utc_now()
+            finally:
+                f.close()
 
     @staticmethod
     def _append(ds: h5py.Dataset, values) -> None:
-        values = np.asarray(values) if not isinstance(values, list) else values
         n0 = ds.shape[0]
         n = len(values)
         if n == 0:
@@ -394,29 +610,26 @@ class ExdfRunWriter:
         ds[n0:n0 + n] = values
 
     def _flush(self) -> None:
-        if not self._pending_train or self._file is None:
+        """Write the pending INDEX and CONTROL rows (instrument data is in the tables)."""
+        if not self._pending_index or self._file is None:
             return
         f = self._file
-        rows = self._pending_train
-        n = len(rows)
-        self._append(f["INDEX/trainId"], np.array([r[0] for r in rows], np.uint64))
-        self._append(f["INDEX/timestamp"], np.array([r[1] for r in rows], np.uint64))
-        self._append(f["INDEX/flag"], np.array([r[2] for r in rows], np.int32))
+        tids, stamps, flags = (np.concatenate(a) for a in zip(*self._pending_index))
+        n = tids.size
+        self._append(f["INDEX/trainId"], tids)
+        self._append(f["INDEX/timestamp"], stamps)
+        self._append(f["INDEX/flag"], flags)
         self._append(f["INDEX/origin"], np.full(n, -1, np.int32))
 
         for g in self._groups:
-            counts = np.array(g.counts, np.uint64)
-            first = g.file_entries + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
+            counts = np.concatenate(g.counts).astype(np.uint64)
+            first = np.empty(n, np.uint64)
+            first[0] = g.file_entries
+            np.cumsum(counts[:-1], out=first[1:])
+            first[1:] += np.uint64(g.file_entries)
             self._append(f[f"INDEX/{self.source}/{g.name}/first"], first)
             self._append(f[f"INDEX/{self.source}/{g.name}/count"], counts)
-            grp = f[f"INSTRUMENT/{self.source}/{g.name}"]
-            for field in g.fields:
-                # one copy per field, straight into a contiguous array
-                column = np.concatenate([p[field] for p in g.pending]) if g.pending else \
-                    np.empty(0, g.dtype[field])
-                self._append(grp[field], column)
             g.file_entries += int(counts.sum())
-            g.pending.clear()
             g.counts.clear()
 
         first = self._control_rows + np.arange(n, dtype=np.uint64)
@@ -424,16 +637,10 @@ class ExdfRunWriter:
         self._append(f[f"INDEX/{self.control_source}/count"], np.ones(n, np.uint64))
         ctrl = f[f"CONTROL/{self.control_source}"]
         for key, spec in self._specs.items():
-            values = [row[key] for row in self._pending_control]
-            if h5py.check_string_dtype(spec.dtype) is None:
-                values = np.array(values, dtype=spec.dtype).reshape((n,) + spec.shape)
-            else:
-                values = np.array(values, dtype=object)
-            self._append(ctrl[f"{spec.path}/value"], values)
-            self._append(ctrl[f"{spec.path}/timestamp"],
-                         np.array([row[key] for row in self._pending_control_ts], np.uint64))
+            self._append(ctrl[f"{spec.path}/value"], np.concatenate(self._pending_control[key]))
+            self._append(ctrl[f"{spec.path}/timestamp"], np.concatenate(self._pending_control_ts[key]))
+            self._pending_control[key].clear()
+            self._pending_control_ts[key].clear()
         self._control_rows += n
-        self._pending_train.clear()
-        self._pending_control.clear()
-        self._pending_control_ts.clear()
+        self._pending_index.clear()
         self._pending_bytes = 0

@@ -78,18 +78,22 @@ class ColumnTable:
     ``columns``: ``(name, dtype, attrs)``; ``compression``: ``"lzf"``, ``"gzip"`` or
     ``"none"``; ``executor``: where chunks are encoded (None: in the calling thread);
     ``max_pending``: encoded chunk sets waiting to be written before :meth:`append`
-    waits for the oldest (bounds memory). Datasets are created on the first rows (or by
-    :meth:`create`), so a table never appended to does not exist in the file.
+    waits for the oldest (bounds memory); ``compression_level``: the deflate level of
+    ``"gzip"``. Datasets are created on the first rows (or by :meth:`create`), so a
+    table never appended to does not exist in the file.
     """
 
     def __init__(self, parent: h5py.Group, name: str, columns, *, compression: str = "lzf",
                  chunk_rows: int = 1 << 16, executor=None, max_pending: int = 4,
-                 description: str | None = None, on_write=None):
+                 description: str | None = None, on_write=None, compression_level: int = GZIP_LEVEL):
         if compression not in ("lzf", "gzip", "none"):
             raise ValueError(f"compression must be lzf, gzip or none, not {compression!r}")
+        if not 0 <= int(compression_level) <= 9:
+            raise ValueError(f"compression_level must be 0..9, not {compression_level!r}")
         self.parent, self.name = parent, name
         self.columns = [(n, np.dtype(dt), dict(attrs or {})) for n, dt, attrs in columns]
         self.compression = compression
+        self.level = int(compression_level)
         self.chunk_rows = int(chunk_rows)
         self.executor = executor
         self.max_pending = max(1, int(max_pending))
@@ -97,7 +101,8 @@ class ColumnTable:
         self.on_write = on_write          # called after chunks were written (e.g. a SWMR flush)
         self.group: h5py.Group | None = None
         self.datasets: dict[str, h5py.Dataset] = {}
-        self._buf = {n: np.zeros(self.chunk_rows, dt) for n, dt, _ in self.columns}
+        # (not zeroed: a chunk is submitted only when full; the partial one is copied and padded)
+        self._buf = {n: np.empty(self.chunk_rows, dt) for n, dt, _ in self.columns}
         self._fill = 0
         self._chunks = 0                  # chunks submitted (full ones)
         self._pending: collections.deque = collections.deque()   # (chunk index, {name: result or future})
@@ -120,7 +125,7 @@ class ColumnTable:
             if self.compression != "none":
                 opts = {"compression": self.compression, "shuffle": dt.itemsize > 1}
                 if self.compression == "gzip":
-                    opts["compression_opts"] = GZIP_LEVEL
+                    opts["compression_opts"] = self.level
             ds = g.create_dataset(n, shape=(0,), maxshape=(None,), dtype=dt, chunks=(self.chunk_rows,), **opts)
             for k, v in attrs.items():
                 ds.attrs[k] = v
@@ -155,11 +160,12 @@ class ColumnTable:
 
     def _encode_set(self, bufs: dict) -> dict:
         shuffle = self.compression != "none"
-        return {n: encode(b, self.compression, shuffle and b.dtype.itemsize > 1) for n, b in bufs.items()}
+        return {n: encode(b, self.compression, shuffle and b.dtype.itemsize > 1, self.level)
+                for n, b in bufs.items()}
 
     def _submit_full(self) -> None:
         bufs = self._buf
-        self._buf = {n: np.zeros(self.chunk_rows, dt) for n, dt, _ in self.columns}
+        self._buf = {n: np.empty(self.chunk_rows, dt) for n, dt, _ in self.columns}
         self._fill = 0
         if self.executor is None:
             item = self._encode_set(bufs)
@@ -209,6 +215,19 @@ class ColumnTable:
             self._write_chunks([(self._chunks, self._encode_set(bufs))], self.rows)
             self._fill = 0
             self._chunks += 1
+
+    def sync(self) -> None:
+        """Put every row appended so far in the file now, and keep taking rows: the
+        submitted chunks are written (waiting for them) and the partial chunk too, padded
+        (it is written again, complete, when later rows fill it)."""
+        if self._finished or self.group is None:
+            return
+        self._write_ready(block=True)
+        if self._fill:
+            bufs = {n: b.copy() for n, b in self._buf.items()}
+            for b in bufs.values():
+                b[self._fill:] = 0
+            self._write_chunks([(self._chunks, self._encode_set(bufs))], self.rows)
 
     def drain(self) -> None:
         """Write every chunk already submitted (not the partial one)."""

@@ -61,6 +61,17 @@ def wait_for_fault(pipe, timeout=10.0):
         time.sleep(0.05)
 
 
+def run_into_fault(pipe):
+    """Start, stream until the pipeline reports a FAULT, stop (which returns, leaving FAULT)."""
+    pipe.start()
+    try:
+        stream(pipe, 0.5)
+        wait_for_fault(pipe)
+    finally:
+        pipe.stop()
+    assert pipe.state is PipelineState.FAULT
+
+
 class Collect(Sink):
     """Keeps every chunk's arrays (thread-safe, per chip)."""
 
@@ -257,13 +268,7 @@ def test_a_failing_cluster_stage_is_a_fault_naming_it_and_reset_recovers(monkeyp
     monkeypatch.setattr(ChipProcessor, "cluster_stage", cluster_stage)
     before = set(threading.enumerate())
     pipe = LivePipeline(chips=[0], ports=[0], capture_options=RING, split_stages=True, read_bytes=64 << 10)
-    pipe.start()
-    try:
-        stream(pipe, 0.5)
-        wait_for_fault(pipe)
-    finally:
-        pipe.stop()
-    assert pipe.state is PipelineState.FAULT
+    run_into_fault(pipe)
     assert pipe.fault_reason == "clustering of chip 0: RuntimeError: cluster kernel exploded"
     left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
     assert not any(n.startswith(("tpx3-process", "tpx3-cluster")) for n in left), left
@@ -386,13 +391,7 @@ def test_a_failing_sink_is_a_fault_naming_it():
                 raise ValueError("disk on fire")
 
     pipe = LivePipeline(chips=[0], ports=[0], sinks=[Broken()], capture_options=RING)
-    pipe.start()
-    try:
-        stream(pipe, 0.5)
-        wait_for_fault(pipe)
-    finally:
-        pipe.stop()
-    assert pipe.state is PipelineState.FAULT
+    run_into_fault(pipe)
     assert pipe.fault_reason == "sink Broken: ValueError: disk on fire"
 
 

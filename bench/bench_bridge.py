@@ -51,6 +51,21 @@ SINK_SRC = "BENCH_TPX3/CAM/1:daqOutput"
 WARMUP = 2     # trains left out of the "after warm-up" figures
 
 
+class Pacer:
+    """``wait()`` returns at ``rate`` calls per second (at once when rate is None or 0)."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.next_at = time.monotonic()
+
+    def wait(self) -> None:
+        if self.rate:
+            delay = self.next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.next_at += 1.0 / self.rate
+
+
 def make_train(size_mb: float):
     n = int(size_mb * 1e6) // 2
     image = np.arange(n, dtype=np.uint16)
@@ -140,14 +155,10 @@ def run_raw(frames, duration, rate=None):
     s.setsockopt(zmq.LINGER, 0)
     s.bind("tcp://127.0.0.1:*")
     proc = _spawn("raw", s.getsockopt_string(zmq.LAST_ENDPOINT), "PULL", duration)
-    next_at = time.monotonic()
+    pace = Pacer(rate)
     try:
         while proc.poll() is None:
-            if rate:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_at += 1.0 / rate
+            pace.wait()
             if s.poll(100, zmq.POLLOUT):
                 s.send_multipart([struct.pack("d", time.time()), *frames], copy=False)
         return _result(proc)
@@ -165,14 +176,10 @@ def run_bridge(data, duration, sock="REP", rate=None, maxlen=10):
     with ServerInThread("tcp://127.0.0.1:0", sock=sock, maxlen=maxlen) as server:
         proc = _spawn("bridge", server.endpoint, csock, duration)
         tid = 1
-        next_at = time.monotonic()
+        pace = Pacer(rate)
         try:
             while proc.poll() is None:
-                if rate:
-                    delay = next_at - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    next_at += 1.0 / rate
+                pace.wait()
                 try:
                     server.feed(data, _meta(tid), timeout=0.2)
                 except queue.Full:
@@ -245,14 +252,10 @@ def run_sink(trains: SyntheticTrains, duration, sock="REP", rate=None, n_trains=
         proc = _spawn("sink", sink.endpoint, csock, duration, n_trains)
         sink.start(trains.info)
         k = 0
-        next_at = time.monotonic()
+        pace = Pacer(rate)
         try:
             while proc.poll() is None and (ready is None or k < len(ready)):
-                if rate:
-                    delay = next_at - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    next_at += 1.0 / rate
+                pace.wait()
                 ch = ready[k] if ready else trains.chunk(k)
                 ch.trains["host_time"] = time.time()
                 t0 = time.perf_counter()

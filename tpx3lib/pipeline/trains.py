@@ -505,7 +505,8 @@ def warm_up_kernels() -> None:
 
 
 # ----------------------------------------------------------------------------- messages
-def _scalar(v):
+def plain_scalar(v):
+    """``v`` as a plain Python bool, int, float or str (numpy scalars included); TypeError otherwise."""
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)):
@@ -648,11 +649,11 @@ def train_message(train: Train, source: str = DEFAULT_SOURCE, counters: Mapping[
         for f in kind.fields:
             d[keys[f]] = cols[f]
     for attr, key in SCALAR_KEYS.items():
-        d[key] = _scalar(getattr(train, attr))
+        d[key] = plain_scalar(getattr(train, attr))
     d[TIME_UNIT_KEY] = TOA_UNIT_S
     if counters:
         for name, value in counters.items():
-            d[f"{COUNTERS_PREFIX}.{name}"] = _scalar(value)
+            d[f"{COUNTERS_PREFIX}.{name}"] = plain_scalar(value)
     ts = int(train.timestamp_ns)
     meta = make_metadata(source, int(train.train_id), ts if ts > 10**15 else None)
     return {source: d}, {source: meta}

@@ -51,7 +51,7 @@ from tpx3lib.errors import ConfigError
 from tpx3lib.exdf import ExdfRunWriter
 from tpx3lib.exdf.writer import slice_pieces as _slice_pieces
 from tpx3lib.exdf.layout import CENTROID_FIELDS, HIT_FIELDS, check_category_aggregator, check_instrument_source
-from tpx3lib.pipeline.trains import TRIGGER_CONTROL_KEYS
+from tpx3lib.pipeline.trains import TRIGGER_CONTROL_KEYS, plain_scalar
 from tpx3lib.trainid import CountingTrainIdSource, TrainIdAssigner
 from tpx3lib.trainid.flags import TRIGGER_TRAIN_DTYPE, run_file_flag
 
@@ -68,18 +68,13 @@ _CATEGORY = "RAW"
 
 def _scalar(v):
     """A setting value the run writer keeps (bool, int, float, str, list of numbers), or None."""
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    if isinstance(v, str):
-        return v
     if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                    for x in v):
         return list(v)
-    return None
+    try:
+        return plain_scalar(v)
+    except TypeError:
+        return None
 
 
 def detector_settings(header: dict, chip: int, options: dict) -> tuple[dict, dict]:

@@ -22,7 +22,7 @@ from tpx3lib.spidr.chip import PixelVerifyError
 
 from tango_tpx3.common import ensure_omni_thread, parse_address
 
-__all__ = ["LinkState", "BoardLink", "acquire", "release", "links", "address_of_board", "timeout_of_board",
+__all__ = ["LinkState", "BoardLink", "board_lost", "acquire", "release", "links", "address_of_board", "timeout_of_board",
            "chip_index_of", "REQUEST_TIMEOUT"]
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,20 @@ class BoardLink:
                 self._listeners.remove(listener)
 
     def _set(self, state: LinkState, reason: str) -> None:
+        if self._change(state, reason):
+            self._notify()
+
+    def _change(self, state: LinkState, reason: str) -> bool:
+        """Set state and reason (listeners not told yet); False when nothing changed."""
         with self._lock:
             if state is self._state and reason == self._reason:
-                return
+                return False
             self._state, self._reason = state, reason
-            listeners = list(self._listeners)
+            return True
+
+    def _notify(self) -> None:
+        with self._lock:
+            state, reason, listeners = self._state, self._reason, list(self._listeners)
         log.info("SPIDR %s: %s (%s)", self.address, state.value, reason)
         for listener in listeners:
             try:
@@ -113,17 +122,20 @@ class BoardLink:
             if busy:
                 thread = self._thread
             else:
-                self._close_board()
-                thread = threading.Thread(target=ensure_omni_thread(self._connect), name=f"spidr-connect-{self.address}",
-                                          daemon=True)
+                changed = self._change(LinkState.CONNECTING, f"connecting to SPIDR {self.address}")
+                thread = threading.Thread(target=ensure_omni_thread(self._connect), args=(self._take_board(),),
+                                          name=f"spidr-connect-{self.address}", daemon=True)
                 self._thread = thread
         if not busy:
-            self._set(LinkState.CONNECTING, f"connecting to SPIDR {self.address}")
+            if changed:
+                self._notify()
             thread.start()
         if wait:
             thread.join()
 
-    def _connect(self) -> None:
+    def _connect(self, old_board=None) -> None:
+        if old_board is not None:   # first: a board takes one control client at a time
+            _close_quietly(old_board)
         try:
             board = self._factory(self.host, self.port, self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is a FAULT with its reason
@@ -143,13 +155,22 @@ class BoardLink:
     def close(self) -> None:
         with self._lock:
             self._thread = None
-            self._close_board()
-        self._set(LinkState.CLOSED, "closed")
+            changed = self._change(LinkState.CLOSED, "closed")
+            board = self._take_board()
+        self._closed(board, changed)
 
-    def _close_board(self) -> None:
+    def _take_board(self):
+        """The current board, which the link then no longer has (call under the lock)."""
         board, self._board = self._board, None
+        return board
+
+    def _closed(self, board, changed: bool) -> None:
+        """After a state change: close the old board and tell the listeners, outside the lock
+        (closing waits for a request in flight, up to its timeout)."""
         if board is not None:
             _close_quietly(board)
+        if changed:
+            self._notify()
 
     # -- requests -----------------------------------------------------------------------------
     @property
@@ -170,10 +191,9 @@ class BoardLink:
         board = self.board
         try:
             return fn(board, *args, **kwargs)
-        except (SpidrConnectionError, SpidrTimeoutError, ProtocolError, ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, PixelVerifyError):
-                raise
-            self.fail(f"SPIDR {self.address} does not answer: {exc}", board)
+        except Exception as exc:
+            if board_lost(exc):
+                self.fail(f"SPIDR {self.address} does not answer: {exc}", board)
             raise
 
     def fail(self, reason: str, board=None) -> None:
@@ -181,8 +201,17 @@ class BoardLink:
         with self._lock:
             if board is not None and board is not self._board:
                 return
-            self._close_board()
-        self._set(LinkState.FAULT, reason)
+            # The state changes before the board closes: a request in another thread that the
+            # close breaks must already find the link failed (its own fail() is then ignored).
+            changed = self._change(LinkState.FAULT, reason)
+            board = self._take_board()
+        self._closed(board, changed)
+
+
+def board_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the board is gone or silent (not a refused command or a bad value)."""
+    lost = (SpidrConnectionError, SpidrTimeoutError, ProtocolError, ConnectionError, TimeoutError)
+    return isinstance(exc, lost) and not isinstance(exc, PixelVerifyError)
 
 
 def _close_quietly(board) -> None:

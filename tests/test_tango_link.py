@@ -9,7 +9,7 @@ import pytest
 from simulators.spidr_board import SimulatedSpidrBoard
 from tango_tpx3 import board_link
 from tango_tpx3.board_link import LinkState
-from tpx3lib.errors import SpidrConnectionError
+from tpx3lib.errors import SpidrConnectionError, SpidrTimeoutError
 
 
 @pytest.fixture
@@ -79,3 +79,56 @@ def test_lost_connection_faults_and_reconnect_recovers(sim):
         assert link.call(lambda board: len(board)) == 1
     finally:
         board_link.release(link)
+
+
+def test_link_fails_before_its_board_closes(sim):
+    """Another thread whose request the close breaks must find the link already in FAULT
+    (its own fail() is ignored: the board is no longer the link's)."""
+    state_at_close = []
+
+    def factory(host, port, timeout):
+        board = board_link._make_board(host, port, timeout)
+        close = board.close
+
+        def recording_close():
+            state_at_close.append(link.state)
+            close()
+        board.close = recording_close
+        return board
+
+    link = board_link.BoardLink(f"127.0.0.1:{sim.port}", factory, timeout=0.3)
+    link.connect(wait=True)
+    assert link.state is LinkState.CONNECTED
+    sim.faults.drop_reply(times=None)
+    with pytest.raises(SpidrTimeoutError):
+        link.call(lambda board: board.firmware_version)
+    assert state_at_close == [LinkState.FAULT]
+    sim.faults.clear()
+    link.connect(wait=True)
+    assert link.state is LinkState.CONNECTED and link.call(lambda board: len(board)) == 1
+    link.close()
+    assert state_at_close == [LinkState.FAULT, LinkState.CLOSED]
+
+
+def test_requests_of_several_threads_on_a_silent_board_all_see_the_fault(sim):
+    link = board_link.BoardLink(f"127.0.0.1:{sim.port}", timeout=0.3)
+    link.connect(wait=True)
+    sim.faults.drop_reply(times=None)
+    seen: list = []
+    start = threading.Barrier(4)
+
+    def request():
+        start.wait()
+        try:
+            link.call(lambda board: board.firmware_version)
+        except Exception as exc:  # noqa: BLE001 - recorded and checked below
+            seen.append((type(exc).__name__, link.state))
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    link.close()
+    assert len(seen) == 4
+    assert all(state is LinkState.FAULT for _name, state in seen), seen
+    assert {name for name, _state in seen} <= {"SpidrTimeoutError", "SpidrConnectionError"}

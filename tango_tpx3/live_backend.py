@@ -440,7 +440,8 @@ class LiveBackend(StateReporter):
         def make():
             run = _next_run_number(base)
             run_dir = base / f"r{run:04d}"
-            sink = ExdfSink(run_dir, run, settings=settings)
+            compression = None if s.file_compression == "none" else s.file_compression
+            sink = ExdfSink(run_dir, run, settings=settings, compression=compression)
             self._run_files = (str(run_dir), run, sink)
             return sink
         return make

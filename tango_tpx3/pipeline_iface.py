@@ -98,6 +98,7 @@ class AcquisitionSettings:
     bridge_socket_type: str = "PUB"
     source_name: str = "TPX3/CAM/1:daqOutput"
     output_directory: str = ""
+    file_compression: str = "lzf"           # run files: "lzf", "gzip" (level 1) or "none"
     chips: tuple[int, ...] = (0,)
     data_destination: str = ""             # "host:port": chip i sends UDP to port + i; "" = as the board is set
     tof_range: tuple[float, float] = (0.0, 1e-3)   # s, histogram range

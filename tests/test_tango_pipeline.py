@@ -281,7 +281,10 @@ def test_run_files_in_output_directory_match_the_bridge(live, tmp_path):
     name = p.dev_name()
     runs = tmp_path / "runs"
     try:
-        db.put_device_property(name, {"OutputDirectory": [str(runs)]})
+        db.put_device_property(name, {"OutputDirectory": [str(runs)], "FileCompression": ["zip"]})
+        p.Init()
+        assert p.state() == DevState.FAULT and "FileCompression must be one of gzip, lzf, none" in p.status()
+        db.put_device_property(name, {"FileCompression": ["GZIP"]})     # the default is lzf
         p.Init()
         wait_for_state(p, DevState.ON)
         p.AcquisitionTime = 1.0
@@ -301,6 +304,8 @@ def test_run_files_in_output_directory_match_the_bridge(live, tmp_path):
             assert n == bridge[tid]["data.nHits"]
         x = run[SOURCE, "data.x"].ndarray()
         assert np.array_equal(x, np.concatenate([bridge[t]["data.hits.x"] for t in sorted(bridge)]))
+        with h5py.File(next((runs / "r0001").glob("*.h5"))) as f:
+            assert f[f"INSTRUMENT/{SOURCE}/data/x"].compression == "gzip"
         # the next acquisition is the next run
         p.AcquisitionTime = 0.3
         p.Start()
@@ -311,7 +316,7 @@ def test_run_files_in_output_directory_match_the_bridge(live, tmp_path):
         p.Prepare()
         assert "no run files" in p.status()
     finally:
-        db.delete_device_property(name, ["OutputDirectory"])
+        db.delete_device_property(name, ["OutputDirectory", "FileCompression"])
         p.Init()
     wait_for_state(p, DevState.ON)
 

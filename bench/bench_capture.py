@@ -2,7 +2,8 @@
 
 A dedicated sender process (``sendmmsg`` of preformatted ~8 kB datagrams)
 sends at increasing rates to a :class:`~tpx3lib.capture.Capture`; a step passes
-when every datagram sent is in the ring (no kernel drop, no ring loss). Printed:
+when every datagram sent is in the ring (no kernel drop, no ring loss). After the first
+lossy step the rate is bisected (``--refine``) between it and the last lossless one. Printed:
 
     BENCH <name> <value> <unit>
 
@@ -10,7 +11,11 @@ Baselines measured in the same run: the sender alone (sending to a socket nobody
 reads) and ``memcpy`` of the same bytes. Each step's capture ratio is against the
 sender-alone rate. At 8 bytes per hit, MB/s / 8 = Mhits/s.
 
-    python bench/bench_capture.py [--seconds 1.0] [--quick] [--methods recvmmsg,recv_into]
+    python bench/bench_capture.py [--seconds 1.0] [--record-seconds 5] [--quick] [--methods recvmmsg,recv_into]
+                                  [--refine 3]
+
+The recorder writes with direct I/O where the filesystem has it (``RawRecorder(direct=True)``,
+the default); each record step writes several GB to the temporary directory.
 """
 from __future__ import annotations
 
@@ -130,8 +135,9 @@ def settle(cap: Capture, chip: int, target: int, timeout: float = 5.0) -> dict:
 
 
 def rate_search(label: str, cap_kwargs: dict, payload: int, seconds: float, baseline_dgps: float,
-                consumer: str | None = None, quick: bool = False) -> float:
-    """Increase the rate until loss; print and return the highest zero-loss rate (datagrams/s)."""
+                consumer: str | None = None, quick: bool = False, refine: int = 3) -> float:
+    """Increase the rate until loss, then bisect ``refine`` times between the last lossless
+    step and the lossy one; print and return the highest zero-loss rate (datagrams/s)."""
     best = 0.0
     sender_limited = False
     recorder = None
@@ -146,32 +152,39 @@ def rate_search(label: str, cap_kwargs: dict, payload: int, seconds: float, base
             recorder = RawRecorder(cap.ring_name(0), os.path.join(tmp, "bench.tpx3raw"), chip=0)
             recorder.start()
         sender = Sender(cap.ports[0], payload)
+
+        def step(rate: float) -> tuple[bool, float]:
+            """Send for ``seconds`` at ``rate`` (0: unpaced); (lost nothing, achieved datagrams/s)."""
+            before = cap.counters[0]
+            count = max(2000, int(rate * seconds)) if rate > 0 else int(baseline_dgps * seconds)
+            sent, dt = sender.send(count, rate)
+            achieved = sent / dt
+            before_n = before["datagrams"] + before["kernel_drops"]
+            after = settle(cap, 0, before_n + sent)
+            got = after["datagrams"] - before["datagrams"]
+            drops = after["kernel_drops"] - before["kernel_drops"]
+            lost = sent - got
+            ring_loss = 0
+            if consumer == "reader":
+                ring_loss = after["overruns"] - before["overruns"]
+            ok = lost == 0 and drops == 0 and ring_loss == 0
+            print(f"  {label}: asked {rate/1e3:8.1f} k/s sent {achieved/1e3:8.1f} k/s "
+                  f"({achieved * payload / 1e6:7.1f} MB/s) received {got}/{sent} kernel drops {drops}"
+                  f" ring loss {ring_loss} -> {'ok' if ok else 'LOSS'}", flush=True)
+            return ok, achieved
+
         try:
             sender.send(2000, 20000)                           # warm up
-            base = settle(cap, 0, 2000)
-            rate = 20_000.0
+            settle(cap, 0, 2000)
+            rate, last_ok = 20_000.0, 0.0
             factor = 1.6 if not quick else 2.2
             tried_unpaced = False
             while True:
-                before = cap.counters[0]
-                count = max(2000, int(rate * seconds)) if rate > 0 else int(baseline_dgps * seconds)
-                sent, dt = sender.send(count, rate)
-                achieved = sent / dt
-                before_n = before["datagrams"] + before["kernel_drops"]
-                after = settle(cap, 0, before_n + sent)
-                got = after["datagrams"] - before["datagrams"]
-                drops = after["kernel_drops"] - before["kernel_drops"]
-                lost = sent - got
-                ring_loss = 0
-                if consumer == "reader":
-                    ring_loss = after["overruns"] - before["overruns"]
-                ok = lost == 0 and drops == 0 and ring_loss == 0
-                print(f"  {label}: asked {rate/1e3:8.1f} k/s sent {achieved/1e3:8.1f} k/s "
-                      f"({achieved * payload / 1e6:7.1f} MB/s) received {got}/{sent} kernel drops {drops}"
-                      f" ring loss {ring_loss} -> {'ok' if ok else 'LOSS'}", flush=True)
+                ok, achieved = step(rate)
                 if ok:
                     best = max(best, achieved)
                     sender_limited = rate <= 0       # even the unpaced sender lost nothing
+                    last_ok = rate
                 if not ok or rate <= 0:
                     break
                 if achieved < 0.85 * rate:       # the sender cannot go faster: finish with one unpaced step
@@ -180,6 +193,16 @@ def rate_search(label: str, cap_kwargs: dict, payload: int, seconds: float, base
                     rate, tried_unpaced = 0.0, True
                     continue
                 rate *= factor
+            if not ok and rate > 0 and last_ok > 0:
+                # narrow the highest lossless rate down between the last good step and the lossy one
+                lo, hi = last_ok, rate
+                for _ in range(refine):
+                    mid = (lo * hi) ** 0.5
+                    ok, achieved = step(mid)
+                    if ok:
+                        best, lo = max(best, achieved), mid
+                    else:
+                        hi = mid
         finally:
             sender.close()
             stop.set()
@@ -214,6 +237,11 @@ def main(argv=None) -> int:
                     help="do not use SO_RCVBUFFORCE (then net.core.rmem_max caps the socket buffer)")
     ap.add_argument("--quick", action="store_true", help="coarser steps, fewer variants")
     ap.add_argument("--no-record", action="store_true", help="skip capture + record")
+    ap.add_argument("--record-seconds", type=float, default=5.0,
+                    help="sending time per rate step of capture + record (default 5: longer than the "
+                         "socket buffer and the ring can absorb, so a recorder slower than the rate shows)")
+    ap.add_argument("--refine", type=int, default=3,
+                    help="bisection steps between the last lossless rate and the first lossy one (default 3)")
     args = ap.parse_args(argv)
 
     payload = args.payload
@@ -230,11 +258,11 @@ def main(argv=None) -> int:
     results = {}
     for method in args.methods.split(","):
         results[method] = rate_search(method, dict(common, method=method), payload, args.seconds, alone,
-                                      quick=args.quick)
+                                      quick=args.quick, refine=args.refine)
     best_method = max(results, key=results.get)
     if not args.quick:
         rate_search(f"{best_method}_with_reader", dict(common, method=best_method, policy="block"), payload,
-                    args.seconds, alone, consumer="reader", quick=args.quick)
+                    args.seconds, alone, consumer="reader", quick=args.quick, refine=args.refine)
     if not args.no_record:
         try:
             import tpx3lib.capture.recorder  # noqa: F401
@@ -242,7 +270,8 @@ def main(argv=None) -> int:
             print(f"# capture + record skipped: {exc}")
         else:
             rate_search(f"{best_method}_with_record", dict(common, method=best_method, policy="block"),
-                        payload, args.seconds, alone, consumer="record", quick=args.quick)
+                        payload, args.record_seconds, alone, consumer="record", quick=args.quick,
+                        refine=args.refine)
     return 0
 
 

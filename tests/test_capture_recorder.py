@@ -76,24 +76,33 @@ def test_recorder_ends_with_the_capture_and_counts_what_it_could_not_store(tmp_p
     assert file_datagrams(path) == [datagram(0, 3), datagram(1, 2), datagram(2, 1)]
 
 
-def test_disk_full_is_reported_leaves_a_readable_file_and_does_not_block_capture(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct_io", "buffered"])
+def test_disk_full_is_reported_leaves_a_readable_file_and_does_not_block_capture(tmp_path, monkeypatch, direct):
     path = tmp_path / "full.tpx3raw"
-    real_write = native._os_write
+    real_write, real_pwrite = native._os_write, native._os_pwrite
     budget = {"bytes": 300_000}
 
-    def full_disk_write(fd, data):          # the disk fills up after ~300 kB
-        n = len(data)
+    def take(n):                            # the disk fills up after ~300 kB
         if budget["bytes"] < n:
             raise OSError(errno.ENOSPC, "No space left on device")
         budget["bytes"] -= n
+
+    def full_disk_write(fd, data):
+        take(len(data))
         return real_write(fd, data)
 
+    def full_disk_pwrite(fd, data, offset):
+        take(len(data))
+        return real_pwrite(fd, data, offset)
+
     monkeypatch.setattr(native, "_os_write", full_disk_write)
+    monkeypatch.setattr(native, "_os_pwrite", full_disk_pwrite)
     sent = [datagram(i, 500) for i in range(600)]                   # 2.4 MB
     with Capture(chips=[0], ports=[0], ring_bytes=256 << 10, policy="block", max_datagram=4096,
                  **RCVBUF) as cap:
         rec = RawRecorder(cap.ring_name(0), path, start="oldest", max_chunk_bytes=32 << 10,
-                          buffer_size=64 << 10).start()
+                          buffer_size=64 << 10, direct=direct).start()
+        assert rec.direct_io == direct
         with UdpSender(cap.ports[0]) as tx:
             tx.send_paced(sent, rate_per_s=20000)
         # The capture goes on (the failed recorder detached), nothing is lost in the kernel.

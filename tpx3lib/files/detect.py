@@ -47,7 +47,8 @@ def detect_format(path) -> str:
 
 
 def open_raw(path, mode: str = "rb", *, header: dict | None = None, strict: bool = False,
-             warn: bool = True, format: str | None = None, fsync: bool = False, buffer_size: int = 4 << 20):
+             warn: bool = True, format: str | None = None, fsync: bool = False, buffer_size: int = 4 << 20,
+             direct: bool = False):
     """Open a raw recording, in the spirit of :func:`open`.
 
     ``mode="rb"``: return a reader (:class:`~tpx3lib.files.chunk.RawReader`) for
@@ -57,7 +58,8 @@ def open_raw(path, mode: str = "rb", *, header: dict | None = None, strict: bool
 
     ``mode="wb"`` (replace) or ``"xb"`` (must not exist): return a
     :class:`~tpx3lib.files.native.RawWriter` for a native recording with
-    ``header`` (a dict, validated; see :mod:`tpx3lib.files.header`).
+    ``header`` (a dict, validated; see :mod:`tpx3lib.files.header`); ``direct=True``:
+    direct I/O where the filesystem has it (see the writer).
     """
     if mode in ("rb", "r"):
         if header is not None:
@@ -73,5 +75,6 @@ def open_raw(path, mode: str = "rb", *, header: dict | None = None, strict: bool
     if mode in ("wb", "w", "xb", "x"):
         if format not in (None, "native"):
             raise ValueError("only the native format can be written")
-        return RawWriter(path, header, exclusive=mode.startswith("x"), fsync=fsync, buffer_size=buffer_size)
+        return RawWriter(path, header, exclusive=mode.startswith("x"), fsync=fsync, buffer_size=buffer_size,
+                         direct=direct)
     raise ValueError(f"mode must be 'rb', 'wb' or 'xb', not {mode!r}")

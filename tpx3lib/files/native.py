@@ -75,6 +75,11 @@ def _os_write(fd: int, data) -> int:
     return os.write(fd, data)
 
 
+def _os_pwrite(fd: int, data, offset: int) -> int:
+    """os.pwrite (the writes of ``direct=True``), kept as a module function so tests can simulate a full disk."""
+    return os.pwrite(fd, data, offset)
+
+
 class RawWriter:
     """Append-only writer of a native raw recording.
 
@@ -89,12 +94,19 @@ class RawWriter:
     For speed, pass many datagrams per call (``datagram_sizes`` keeps their
     boundaries): the per-call cost is a few microseconds.
 
+    ``direct=True`` writes with direct I/O (:class:`~tpx3lib.files.direct.DirectAppender`:
+    two aligned buffers of ``buffer_size``, written by a thread, no page cache), for
+    recording at line rate: the file then grows a buffer at a time (a reader may see it end
+    inside a chunk) and holds everything after ``flush()``/``close()``. Where the platform or
+    the filesystem has no direct I/O the writer uses buffered writes (``direct_io`` says
+    which).
+
     Counters it keeps: ``chunks_written``, ``datagrams_written``, ``bytes_written``
     (payload bytes), ``offset`` (file size including buffered data).
     """
 
     def __init__(self, path, header: dict | None = None, *, exclusive: bool = False,
-                 fsync: bool = False, buffer_size: int = _DEFAULT_BUFFER):
+                 fsync: bool = False, buffer_size: int = _DEFAULT_BUFFER, direct: bool = False):
         self.path = os.fspath(path)
         checked = validate_header({"chips": [{"index": 0}]} if header is None else header)
         checked.pop("format", None)
@@ -126,7 +138,26 @@ class RawWriter:
         self._fill = data_offset
         self._pending_ends.append(data_offset)
         self.data_offset = data_offset
+        self._direct = None
         self.flush()   # readers can open the file from now on
+        self._complete_end = self._durable   # (direct I/O) end of the last record wholly in the file
+        if direct:
+            self._open_direct()
+
+    def _open_direct(self) -> None:
+        from .direct import DirectAppender
+        try:
+            self._direct = DirectAppender(self.path, self._fd, self._durable, block_bytes=self.buffer_size,
+                                          pwrite=lambda fd, data, offset: _os_pwrite(fd, data, offset))
+        except OSError as exc:
+            import logging
+            logging.getLogger(__name__).info("%s: no direct I/O here (%s); buffered writes", self.path,
+                                             exc.strerror or exc)
+
+    @property
+    def direct_io(self) -> bool:
+        """Whether the data are written with direct I/O."""
+        return self._direct is not None
 
     # ------------------------------------------------------------------ writing
     @property
@@ -151,20 +182,20 @@ class RawWriter:
         tpad = _pad8(table_len)
         rec_len = RECORD_HEADER.size + tpad + _pad8(plen)
         body_crc = zlib.crc32(payload, zlib.crc32(table)) if table_len else zlib.crc32(payload)
+        if self._direct is not None:
+            return self._append_direct(rtype, chip, n_datagrams, recv_time_ns, table, payload, body_crc)
         if self._fill + rec_len > self.buffer_size:
             self.flush(fsync=False)
         start = self.offset
-        seq = self._seq & 0xFFFFFFFF
-        self._seq += 1
         if rec_len > self.buffer_size:
             # too big for the buffer (which is empty now): write the parts directly
-            head = bytearray(RECORD_HEADER.pack(SYNC, rtype, chip, 0, n_datagrams, recv_time_ns, plen,
-                                                body_crc, seq, 0))
-            struct.pack_into("<I", head, _HDR_CRC_SPAN, zlib.crc32(memoryview(head)[:_HDR_CRC_SPAN]))
+            head = self._record_head(rtype, chip, n_datagrams, recv_time_ns, plen, body_crc)
             self._pending_ends.append(start + rec_len)
             parts = [head, table + _ZEROS[: tpad - table_len], payload, _ZEROS[: _pad8(plen) - plen]]
             self._write_parts(parts)
             return start
+        seq = self._seq & 0xFFFFFFFF
+        self._seq += 1
         mv, at = self._mv, self._fill
         RECORD_HEADER.pack_into(mv, at, SYNC, rtype, chip, 0, n_datagrams, recv_time_ns, plen, body_crc, seq, 0)
         struct.pack_into("<I", mv, at + _HDR_CRC_SPAN, zlib.crc32(mv[at:at + _HDR_CRC_SPAN]))
@@ -181,6 +212,39 @@ class RawWriter:
             mv[at:self._fill] = _ZEROS[: self._fill - at]
         self._pending_ends.append(end)
         return start
+
+    def _record_head(self, rtype, chip, n_datagrams, recv_time_ns, plen, body_crc) -> bytearray:
+        head = bytearray(RECORD_HEADER.pack(SYNC, rtype, chip, 0, n_datagrams, recv_time_ns, plen,
+                                            body_crc, self._seq & 0xFFFFFFFF, 0))
+        self._seq += 1
+        struct.pack_into("<I", head, _HDR_CRC_SPAN, zlib.crc32(memoryview(head)[:_HDR_CRC_SPAN]))
+        return head
+
+    def _append_direct(self, rtype, chip, n_datagrams, recv_time_ns, table, payload, body_crc) -> int:
+        ap = self._direct
+        plen, tlen = len(payload), len(table)
+        start = ap.end
+        self._pending_ends.append(start + RECORD_HEADER.size + _pad8(tlen) + _pad8(plen))
+        try:
+            ap.append(self._record_head(rtype, chip, n_datagrams, recv_time_ns, plen, body_crc))
+            if tlen:
+                ap.append(table + _ZEROS[: _pad8(tlen) - tlen])
+            ap.append(payload)
+            if _pad8(plen) - plen:
+                ap.append(_ZEROS[: _pad8(plen) - plen])
+        except OSError as exc:
+            self._fail(exc, 0)
+            raise self._failed from exc
+        self._direct_progress()
+        return start
+
+    def _direct_progress(self) -> None:
+        """Bookkeeping after direct appends: what is in the file, what only in the buffers."""
+        ap = self._direct
+        self._durable, self._fill = ap.on_disk, ap.end - ap.on_disk
+        ends = self._pending_ends
+        while ends and ends[0] <= self._durable:
+            self._complete_end = ends.pop(0)
 
     def write_chunk(self, chip: int, words_or_bytes, recv_time_ns: int | None = None,
                     datagram_sizes=None) -> int:
@@ -249,7 +313,14 @@ class RawWriter:
         """Hand buffered chunks to the OS; ``fsync`` (default: the writer's option) also syncs the disk."""
         if self._failed is not None:
             raise self._failed
-        if self._fill:
+        if self._direct is not None:
+            try:
+                self._direct.sync()
+            except OSError as exc:
+                self._fail(exc, 0)
+                raise self._failed from exc
+            self._direct_progress()
+        elif self._fill:
             self._write_parts([self._mv[:self._fill]])
         if fsync if fsync is not None else self.fsync:
             try:
@@ -262,6 +333,9 @@ class RawWriter:
         """Cut the file back to the last complete record and remember the error."""
         on_disk = self._durable + done
         good = self._durable
+        if self._direct is not None:       # stop its thread first: nothing may write after the cut
+            self._direct.close()
+            on_disk, good = self._direct.on_disk, self._complete_end
         complete = 0
         for end in self._pending_ends:
             if end <= on_disk:
@@ -281,6 +355,7 @@ class RawWriter:
         self._fill = 0
         self._pending_ends.clear()
         self._durable = good
+        self._direct = None
 
     def close(self, counters: dict | None = None, **extra) -> None:
         """Write the closing record (``counters``: what the receiver counted, e.g.
@@ -303,6 +378,9 @@ class RawWriter:
                 self.flush(fsync=self.fsync)
         finally:
             self._closed = True
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
             os.close(self._fd)
 
     def __enter__(self):

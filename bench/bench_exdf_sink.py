@@ -26,6 +26,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import bench                                    # noqa: E402
 
 from simulators.physics import HitGenerator, PhysicsModel                      # noqa: E402
 from tpx3lib.pipeline import ChipProcessor, ProcessingConfig                  # noqa: E402
@@ -36,15 +39,6 @@ TICKS_PER_SECOND = 40_000_000
 PERIOD_S = 0.1                     # 10 Hz trains, as at European XFEL
 WINDOW_S = (0.0, 0.05)
 ORIGIN = 1_700_000_000.0
-
-
-def bench(name: str, value: float, unit: str, ratio: tuple[str, float] | None = None, note: str = "") -> None:
-    line = f"BENCH {name} {value:.4g} {unit}"
-    if ratio is not None:
-        line += f" ratio_to_{ratio[0]} {ratio[1]:.3g}"
-    if note:
-        line += f"  # {note}"
-    print(line, flush=True)
 
 
 def make_stream(n_hits: int, seed: int = 3):

@@ -33,6 +33,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import bench                                    # noqa: E402
 
 from tpx3lib.decode import StreamDecoder                    # noqa: E402
 from tpx3lib.files import open_raw                          # noqa: E402
@@ -40,15 +43,6 @@ from tpx3lib.process import ProcessOptions, process_files   # noqa: E402
 
 
 _CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".cache", "bench_process")
-
-
-def bench(name: str, value: float, unit: str, ratio: tuple[str, float] | None = None, note: str = "") -> None:
-    line = f"BENCH {name} {value:.4g} {unit}"
-    if ratio is not None:
-        line += f" ratio_to_{ratio[0]} {ratio[1]:.3g}"
-    if note:
-        line += f"  # {note}"
-    print(line, flush=True)
 
 
 class PeakRSS:

@@ -52,7 +52,6 @@ from tpx3lib.errors import ConfigError
 from tpx3lib.pipeline.state import StateReporter
 from tpx3lib.trainid import TrainIdSource
 
-from tango_tpx3 import board_link
 from tango_tpx3.common import ensure_omni_thread, parse_address
 from tango_tpx3.pipeline_iface import (
     STATISTICS_KEYS, AcquisitionSettings, PipelineState, empty_statistics, validate_settings,
@@ -586,8 +585,6 @@ class LiveBackend(StateReporter):
             link_state = getattr(self._link, "state", None)
             if link_state is not None and link_state.value in ("fault", "closed") and not isinstance(exc, _StageDied):
                 reason = f"the board was lost: {self._link.reason}"
-            elif board_link.board_lost(exc):   # the link failed through another thread's request
-                reason = f"the board was lost: SPIDR {self._link.address} does not answer: {exc}"
             if shutter:
                 try:
                     self._link.call(self._close_shutter)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno as _errno
 import json
+import logging
 import os
 import struct
 import time
@@ -53,6 +54,8 @@ _HDR_CRC_SPAN = RECORD_HEADER.size - 4
 _ZEROS = bytes(8)
 _RESYNC_BLOCK = 1 << 20
 _DEFAULT_BUFFER = 4 << 20
+
+log = logging.getLogger(__name__)
 
 
 def _pad8(n: int) -> int:
@@ -147,12 +150,11 @@ class RawWriter:
     def _open_direct(self) -> None:
         from .direct import DirectAppender
         try:
+            # looked up at each call, so a replaced module hook (a test's full disk) applies
             self._direct = DirectAppender(self.path, self._fd, self._durable, block_bytes=self.buffer_size,
                                           pwrite=lambda fd, data, offset: _os_pwrite(fd, data, offset))
         except OSError as exc:
-            import logging
-            logging.getLogger(__name__).info("%s: no direct I/O here (%s); buffered writes", self.path,
-                                             exc.strerror or exc)
+            log.info("%s: no direct I/O here (%s); buffered writes", self.path, exc.strerror or exc)
 
     @property
     def direct_io(self) -> bool:
